@@ -1,0 +1,1 @@
+"""Benchmark harness for compressive memory in language models (GradMem and baselines)."""

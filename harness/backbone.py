@@ -1,0 +1,133 @@
+"""Decoders built from configs in code (Llama-style, Mamba), never touching the Hub.
+
+Attention is eager by default (double backward works); `attention: sdpa` runs SDPA forced to
+its MATH backend, the one SDPA kernel with double backward. Fused SDPA and torch.compile do not
+support the second-order meta-gradient of GradMem.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from harness.errors import HarnessError
+
+
+@dataclass
+class BackboneConfig:
+    """A decoder built in code. Paper KV setting: llama, 4 layers, hidden 128, 4 heads, FFN 512."""
+    arch: Literal["llama", "mamba"] = "llama"
+    layers: int = 4
+    hidden: int = 128
+    heads: int = 4
+    ffn: int = 512
+    rope_theta: float = 10000.0
+    max_positions: int = 2048
+    attention: Literal["eager", "sdpa"] = "eager"
+    state_size: int = 16        # mamba only
+    expand: int = 4             # mamba only
+    conv_kernel: int = 4        # mamba only
+
+    def validate(self, where):
+        for key in ("layers", "hidden", "heads", "ffn", "max_positions", "state_size", "expand", "conv_kernel"):
+            if getattr(self, key) < 1:
+                raise HarnessError(f"{where}.{key} = {getattr(self, key)!r} must be >= 1")
+        if self.arch == "llama" and self.hidden % self.heads:
+            raise HarnessError(f"{where}: hidden={self.hidden} is not divisible by heads={self.heads}")
+
+
+def max_positions(config: dict) -> int | None:
+    """Longest sequence the backbone allows (None: unbounded, e.g. Mamba)."""
+    return config["max_positions"] if config.get("arch", "llama") == "llama" else None
+
+
+def _cache_keyword(model: nn.Module) -> str:
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+class Backbone(nn.Module):
+    """A causal LM with the few entry points the methods need."""
+
+    def __init__(self, model: nn.Module, config: BackboneConfig):
+        super().__init__()
+        self.model = model
+        self.config = config
+        self.cache_keyword = _cache_keyword(model.base_model)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.hidden_size
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.get_output_embeddings().weight.shape[0]
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.model.get_output_embeddings()
+
+    @property
+    def decoder(self) -> nn.Module:
+        """The model without its LM head (returns last hidden states, after the final norm)."""
+        return self.model.base_model
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(ids)
+
+    def attention_context(self):
+        if self.config.attention == "sdpa":
+            return sdpa_kernel(SDPBackend.MATH)
+        return contextlib.nullcontext()
+
+    def hidden(self, inputs_embeds: torch.Tensor, attention_mask=None, position_ids=None,
+               cache=None, use_cache: bool = False):
+        """Last-layer hidden states (after the final norm) and the cache."""
+        kwargs = {"inputs_embeds": inputs_embeds, "use_cache": use_cache}
+        if attention_mask is not None:
+            kwargs["attention_mask"] = attention_mask
+        if position_ids is not None:
+            kwargs["position_ids"] = position_ids
+        if cache is not None:
+            kwargs[self.cache_keyword] = cache
+        with self.attention_context():
+            out = self.decoder(**kwargs)
+        new_cache = next((out[k] for k in ("cache", "past_key_values", "cache_params") if k in out), None)
+        return out.last_hidden_state, new_cache
+
+    def logits(self, inputs_embeds: torch.Tensor, **kwargs) -> torch.Tensor:
+        hidden, _ = self.hidden(inputs_embeds, **kwargs)
+        return self.lm_head(hidden)
+
+
+def build_backbone(config: dict | BackboneConfig, vocab_size: int) -> Backbone:
+    """Build a randomly initialised decoder from a config (no network)."""
+    if isinstance(config, dict):
+        from harness.config import build
+        config = build(BackboneConfig, config, "backbone")
+    if config.arch == "llama":
+        from transformers import LlamaConfig, LlamaForCausalLM
+        hf_config = LlamaConfig(
+            vocab_size=vocab_size, hidden_size=config.hidden, intermediate_size=config.ffn,
+            num_hidden_layers=config.layers, num_attention_heads=config.heads,
+            num_key_value_heads=config.heads, max_position_embeddings=config.max_positions,
+            rope_theta=config.rope_theta, tie_word_embeddings=False,
+            attn_implementation="eager" if config.attention == "eager" else "sdpa",
+            pad_token_id=0, bos_token_id=None, eos_token_id=None)
+        model = LlamaForCausalLM(hf_config)
+    elif config.arch == "mamba":
+        from transformers import MambaConfig, MambaForCausalLM
+        hf_config = MambaConfig(
+            vocab_size=vocab_size, hidden_size=config.hidden, num_hidden_layers=config.layers,
+            state_size=config.state_size, expand=config.expand, conv_kernel=config.conv_kernel,
+            tie_word_embeddings=False, pad_token_id=0, bos_token_id=None, eos_token_id=None,
+            use_mambapy=False)
+        model = MambaForCausalLM(hf_config)
+    else:
+        raise HarnessError(f"unknown backbone arch {config.arch!r}; valid: llama, mamba")
+    return Backbone(model, config)

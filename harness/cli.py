@@ -1,0 +1,104 @@
+"""Command line: expand a suite at a scale, run what is not finished, report.
+
+Errors a user can cause print one line on stderr and exit with code 2, with nothing written.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from harness import registry
+from harness.config import SCALES, expand_suite, load_suite
+from harness.errors import HarnessError
+
+log = logging.getLogger("harness")
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="run_all.py", description=__doc__)
+    parser.add_argument("--suite", help="suite name (harness/suites/NAME.yaml) or a YAML path")
+    parser.add_argument("--scale", default="auto", help="smoke | cpu | paper | auto (paper on a GPU, else cpu)")
+    parser.add_argument("--methods", help="comma-separated method names to keep")
+    parser.add_argument("--seeds", type=int, help="number of seeds (overrides the suite)")
+    parser.add_argument("--out", default="results", help="results directory (default: results)")
+    parser.add_argument("--cache", default=None, help="checkpoint directory (default: .cache/)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (joblib)")
+    parser.add_argument("--plugin", action="append", default=[], help="import an outside module that registers methods/tasks")
+    parser.add_argument("--dry-run", action="store_true", help="print the runs and their cost; train nothing")
+    parser.add_argument("--list", action="store_true", help="print registered methods, tasks and suites")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser.parse_args(argv)
+
+
+def print_registry() -> None:
+    registry.discover()
+    print("methods:")
+    for name, cls in sorted(registry.METHODS.items()):
+        print(f"  {name:<14} {cls.summary}")
+    print("tasks:")
+    for name, cls in sorted(registry.TASKS.items()):
+        print(f"  {name:<14} {cls.summary}")
+    print("suites:")
+    for name in registry.suite_names():
+        description = (load_suite(name).get("description") or "").strip().splitlines()
+        print(f"  {name:<14} {description[0] if description else ''}")
+
+
+def print_plan(specs, out: Path) -> None:
+    from harness import store
+    total = 0
+    for spec in specs:
+        done = store.is_finished(out, spec.suite, spec.run_id)
+        stages = spec.train["curriculum"] or [{}]
+        cost = spec.train["steps"] * spec.train["batch_size"]
+        total += 0 if done else cost
+        task = {k: v for k, v in spec.task.items() if k in ("format", "pairs", "key_length", "value_length")}
+        print(f"{spec.run_id}  {'done ' if done else 'todo '} {spec.label():<44} task={task} "
+              f"stages={len(stages)} steps<={spec.train['steps']} batch={spec.train['batch_size']}")
+    print(f"{len(specs)} runs, {sum(not store.is_finished(out, s.suite, s.run_id) for s in specs)} to train, "
+          f"at most {total:,} training contexts")
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        for plugin in args.plugin:
+            registry.load_plugin(plugin)
+        registry.discover()
+        if args.list:
+            print_registry()
+            return 0
+        if not args.suite:
+            raise HarnessError("no --suite given; valid: " + ", ".join(registry.suite_names()))
+        from harness.runner import resolve_device, run_specs
+        device = resolve_device(args.device)
+        scale = args.scale if args.scale != "auto" else ("paper" if device == "cuda" else "cpu")
+        if scale not in SCALES:
+            raise HarnessError(f"unknown scale {scale!r}; valid: auto, {', '.join(SCALES)}")
+        if args.jobs < 1:
+            raise HarnessError(f"--jobs = {args.jobs} must be >= 1")
+        methods = [m for m in (args.methods or "").split(",") if m] or None
+        specs = expand_suite(args.suite, scale, methods, args.seeds)
+        out = Path(args.out)
+        if args.dry_run:
+            print_plan(specs, out)
+            return 0
+        cache = Path(args.cache) if args.cache else None
+        kwargs = {"cache_dir": cache} if cache else {}
+        log.info("suite %s at scale %s: %d runs on %s", args.suite, scale, len(specs), device)
+        outcomes = run_specs(specs, out, device, args.jobs, plugins=args.plugin,
+                             progress=not args.quiet, **kwargs)
+    except HarnessError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    counts = {}
+    for outcome in outcomes:
+        counts[outcome.status] = counts.get(outcome.status, 0) + 1
+        if outcome.status == "failed":
+            print(f"failed: {outcome.label}: {outcome.error}", file=sys.stderr)
+    log.info("done: %s", ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    return 1 if counts.get("failed") else 0

@@ -1,0 +1,292 @@
+"""Typed run specs, strict loading of suite YAML files, and run ids.
+
+A run = task + method + backbone + train + eval sections + seed. Each section is checked
+against a dataclass (unknown keys and wrong types raise HarnessError) and resolved with its
+defaults; the run id is a hash of the resolved spec.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import itertools
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+import yaml
+
+from harness import registry
+from harness.errors import HarnessError
+
+SCALES = ("smoke", "cpu", "paper")
+
+
+# ---------------------------------------------------------------- strict dataclass building
+def _type_ok(value, annotation) -> bool:
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return True
+    if origin in (Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(annotation))
+    if origin is Literal:
+        return value in typing.get_args(annotation)
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin in (list, tuple):
+        (item,) = typing.get_args(annotation)[:1] or (Any,)
+        return isinstance(value, (list, tuple)) and all(_type_ok(v, item) for v in value)
+    if origin is dict or annotation is dict:
+        return isinstance(value, dict)
+    if isinstance(annotation, type):
+        return isinstance(value, annotation)
+    return True
+
+
+def _describe(annotation) -> str:
+    if typing.get_origin(annotation) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(annotation))
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def build(cls, values: dict | None, where: str):
+    """Instantiate dataclass `cls` from `values`, rejecting unknown keys and wrong types."""
+    values = dict(values or {})
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in names:
+            raise HarnessError(f"unknown key {key!r} in {where}; valid: {', '.join(names)}")
+    for key, value in values.items():
+        if not _type_ok(value, hints[key]):
+            raise HarnessError(f"{where}.{key} = {value!r} has the wrong type; expected {_describe(hints[key])}")
+    try:
+        instance = cls(**values)
+    except (TypeError, ValueError) as error:
+        raise HarnessError(f"{where}: {error}") from None
+    check = getattr(instance, "validate", None)
+    if check:
+        check(where)
+    return instance
+
+
+def non_negative(where: str, **values) -> None:
+    """Raise HarnessError for any negative number among `values`."""
+    for key, value in values.items():
+        if value is not None and value < 0:
+            raise HarnessError(f"{where}.{key} = {value!r} must be >= 0")
+
+
+# ---------------------------------------------------------------- sections
+@dataclass
+class TrainConfig:
+    """Outer loop: AdamW with warmup, clipping, periodic evaluation, early stop, curriculum."""
+    steps: int = 1000                 # total optimiser steps over all curriculum stages
+    batch_size: int = 64              # contexts per step
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    grad_clip: float | None = 1.0
+    eval_every: int = 100
+    eval_examples: int = 256          # validation contexts (one query each)
+    target_em: float = 1.0            # stop when validation exact match reaches this (last stage)
+    patience: int | None = None       # evaluations without improvement before a stage ends
+    queries_per_context: int | Literal["all"] = "all"
+    curriculum: list[dict] = field(default_factory=list)  # task overrides, one per stage
+    advance_em: float = 0.95          # a stage ends when validation exact match reaches this
+    stage_steps: int | None = None    # step budget of one stage (None: what is left)
+    precision: Literal["fp32", "bf16"] = "fp32"
+
+    def validate(self, where):
+        non_negative(where, steps=self.steps, warmup_steps=self.warmup_steps, lr=self.lr)
+        for key in ("batch_size", "eval_every", "eval_examples"):
+            if getattr(self, key) < 1:
+                raise HarnessError(f"{where}.{key} = {getattr(self, key)!r} must be >= 1")
+        if isinstance(self.queries_per_context, int) and self.queries_per_context < 1:
+            raise HarnessError(f"{where}.queries_per_context must be >= 1 or 'all'")
+
+
+@dataclass
+class EvalConfig:
+    """Final evaluation on the test split (one query per context, as the paper)."""
+    examples: int = 1000
+    batch_size: int = 128
+    queries_per_context: int | Literal["all"] = 1
+    write_steps: list[int] | None = None   # write steps to evaluate (None: the method's own)
+    generate: bool = True                  # also greedy-generation exact match
+
+    def validate(self, where):
+        if self.examples < 1 or self.batch_size < 1:
+            raise HarnessError(f"{where}: examples and batch_size must be >= 1")
+        for k in self.write_steps or []:
+            non_negative(where, write_steps=k)
+
+
+SECTIONS = ("task", "method", "backbone", "train", "eval")
+
+
+@dataclass
+class RunSpec:
+    """A fully resolved run."""
+    suite: str
+    scale: str
+    task: dict
+    method: dict
+    backbone: dict
+    train: dict
+    eval: dict
+    seed: int
+
+    def identity(self) -> dict:
+        return {key: getattr(self, key) for key in (*SECTIONS, "seed")}
+
+    @property
+    def run_id(self) -> str:
+        text = json.dumps(self.identity(), sort_keys=True, default=str)
+        return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+    def label(self) -> str:
+        extras = {k: v for k, v in self.method.items() if k in ("write_steps", "write_passes", "order", "memory_size")}
+        inner = ",".join(f"{k}={v}" for k, v in extras.items())
+        return f"{self.method['name']}({inner}) seed={self.seed}"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunSpec":
+        return cls(**data)
+
+
+def resolve_section(section: str, values: dict, where: str) -> dict:
+    """Check one section and fill its defaults; returns a plain dict with `name` first."""
+    values = dict(values or {})
+    if section in ("task", "method"):
+        name = values.pop("name", None)
+        if name is None:
+            raise HarnessError(f"{where} has no 'name'")
+        cls = registry.get_method(name) if section == "method" else registry.get_task(name)
+        resolved = dataclasses.asdict(build(cls.Config, values, f"{where}[{name}]"))
+        return {"name": name, **resolved}
+    if section == "backbone":
+        from harness.backbone import BackboneConfig
+        return dataclasses.asdict(build(BackboneConfig, values, where))
+    cls = {"train": TrainConfig, "eval": EvalConfig}[section]
+    return dataclasses.asdict(build(cls, values, where))
+
+
+# ---------------------------------------------------------------- suites
+SUITE_KEYS = ("description", "base", "runs", "sweep", "seeds", "scales")
+SCALE_KEYS = ("description", "base", "runs", "sweep", "seeds")
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _set_path(tree: dict, dotted: str, value, where: str) -> None:
+    parts = dotted.split(".")
+    if parts[0] not in SECTIONS or len(parts) < 2:
+        raise HarnessError(f"sweep key {dotted!r} in {where} must look like 'section.key' with section in {', '.join(SECTIONS)}")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def _check_keys(mapping, valid, where):
+    if not isinstance(mapping, dict):
+        raise HarnessError(f"{where} must be a mapping, got {type(mapping).__name__}")
+    for key in mapping:
+        if key not in valid:
+            raise HarnessError(f"unknown key {key!r} in {where}; valid: {', '.join(valid)}")
+
+
+def load_suite(name: str) -> dict:
+    path = registry.suite_path(name)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise HarnessError(f"suite file {path} is not valid YAML: {error}") from None
+    _check_keys(data, SUITE_KEYS, f"suite {name}")
+    for scale, body in (data.get("scales") or {}).items():
+        if scale not in SCALES:
+            raise HarnessError(f"unknown scale {scale!r} in suite {name}; valid: {', '.join(SCALES)}")
+        _check_keys(body or {}, SCALE_KEYS, f"suite {name}, scale {scale}")
+    return data
+
+
+def expand_suite(name: str, scale: str, methods: list[str] | None = None,
+                 seeds: int | None = None) -> list[RunSpec]:
+    """All runs of a suite at a scale, resolved and validated (nothing is written)."""
+    if scale not in SCALES:
+        raise HarnessError(f"unknown scale {scale!r}; valid: {', '.join(SCALES)}")
+    data = load_suite(name)
+    scale_body = (data.get("scales") or {}).get(scale) or {}
+    base = deep_merge(data.get("base") or {}, scale_body.get("base") or {})
+    _check_keys(base, SECTIONS, f"suite {name} base")
+    runs = scale_body.get("runs", data.get("runs")) or [{}]
+    sweep = {**(data.get("sweep") or {}), **(scale_body.get("sweep") or {})}
+    seed_count = seeds if seeds is not None else scale_body.get("seeds", data.get("seeds", 1))
+    if not isinstance(seed_count, int) or seed_count < 1:
+        raise HarnessError(f"seeds = {seed_count!r} must be a positive integer")
+    if methods:
+        registry.discover()
+        for method in methods:
+            registry.get_method(method)
+    sweep_keys = list(sweep)
+    for key, values in sweep.items():
+        if not isinstance(values, list) or not values:
+            raise HarnessError(f"sweep {key!r} in suite {name} must be a non-empty list")
+    specs, seen = [], set()
+    for index, run in enumerate(runs):
+        _check_keys(run, SECTIONS, f"suite {name} run {index}")
+        for combo in itertools.product(*(sweep[k] for k in sweep_keys)):
+            tree = deep_merge(base, run)
+            for key, value in zip(sweep_keys, combo):
+                _set_path(tree, key, value, f"suite {name}")
+            if methods and tree.get("method", {}).get("name") not in methods:
+                continue
+            where = f"suite {name} run {index}"
+            resolved = {s: resolve_section(s, tree.get(s), f"{where} {s}") for s in SECTIONS}
+            for seed in range(seed_count):
+                spec = RunSpec(suite=name, scale=scale, seed=seed, **resolved)
+                if spec.run_id not in seen:
+                    seen.add(spec.run_id)
+                    specs.append(spec)
+    for spec in specs:
+        check_feasible(spec)
+    return specs
+
+
+def check_feasible(spec: RunSpec) -> None:
+    """Raise HarnessError if a run cannot work (impossible task, sequence too long)."""
+    from harness.backbone import max_positions
+    stages = spec.train["curriculum"] or [{}]
+    for stage in stages:
+        task_values = {**{k: v for k, v in spec.task.items() if k != "name"}, **stage}
+        task_cls = registry.get_task(spec.task["name"])
+        task = task_cls(build(task_cls.Config, task_values, f"task {spec.task['name']} (curriculum stage {stage})"))
+        context_len, read_len = task.max_lengths()
+        method_cls = registry.get_method(spec.method["name"])
+        needed = method_cls.sequence_length(spec.method, context_len, read_len) \
+            if hasattr(method_cls, "sequence_length") else context_len + read_len
+        limit = max_positions(spec.backbone)
+        if limit is not None and needed > limit:
+            raise HarnessError(
+                f"run {spec.label()}: sequences of {needed} tokens exceed the backbone's "
+                f"max_positions={limit} (task {task_values})")

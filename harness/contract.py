@@ -1,0 +1,128 @@
+"""The write/read contract: Query, Example, Memory, Method and Task base classes.
+
+A Method WRITES a batch of contexts into a Memory and READS each query from that memory
+alone; the context never reaches `read` (see `harness.pipeline.write_then_read`).
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Query:
+    """One question about a context; `answers` are extra references for text metrics."""
+    text: str
+    target: str
+    answers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Example:
+    """One context and one or more queries about it."""
+    context: str
+    queries: tuple[Query, ...]
+
+
+def _map_tensors(state: Any, fn) -> Any:
+    """Apply `fn` to every tensor of a nested tuple/list/dict state."""
+    if isinstance(state, torch.Tensor):
+        return fn(state)
+    if isinstance(state, (list, tuple)):
+        return type(state)(_map_tensors(s, fn) for s in state)
+    if isinstance(state, dict):
+        return {k: _map_tensors(v, fn) for k, v in state.items()}
+    return state
+
+
+@dataclass
+class Memory:
+    """The state that crosses from write to read.
+
+    state:  tensors whose first dimension is the batch of contexts (any nesting of
+            tuples/lists/dicts); `select` indexes them along that dimension.
+    floats: size of one context's memory in numbers (same units for every method).
+    log:    what the write logged, e.g. per-step inner loss and gradient norm.
+    """
+    state: Any
+    floats: int
+    log: dict = field(default_factory=dict)
+
+    def select(self, index: torch.Tensor) -> "Memory":
+        """Memory for each query: row i is the memory of context index[i]."""
+        return dataclasses.replace(self, state=_map_tensors(self.state, lambda t: t.index_select(0, index)))
+
+    def detached(self) -> "Memory":
+        return dataclasses.replace(self, state=_map_tensors(self.state, lambda t: t.detach()))
+
+
+class Method(nn.Module, abc.ABC):
+    """A memory method around a backbone.
+
+    Subclasses set `name`, `summary` (one line: what the memory is) and `Config` (a dataclass
+    of the method's options), and implement `write` and `read`.
+    """
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    Config: ClassVar[type] = None
+
+    def __init__(self, config, backbone):
+        super().__init__()
+        self.config = config
+        self.backbone = backbone
+
+    @abc.abstractmethod
+    def write(self, context_ids: torch.Tensor, context_mask: torch.Tensor,
+              write_steps: int | None = None) -> Memory:
+        """Write a right-padded batch of contexts (B, Lc) into memory."""
+
+    @abc.abstractmethod
+    def read(self, memory: Memory, read_ids: torch.Tensor, read_mask: torch.Tensor) -> torch.Tensor:
+        """Logits (Q, Lr, V) for a right-padded batch of query+target tokens (Q, Lr).
+
+        logits[:, j] is the prediction of read_ids[:, j] from the memory and read_ids[:, :j].
+        """
+
+    def eval_write_steps(self) -> list[int | None]:
+        """Write-step settings evaluated after training; None = the method's own."""
+        return [None]
+
+    def write_passes(self, write_steps: int | None = None) -> dict:
+        """Compute of one write, in backbone passes over the context."""
+        return {"forward": 1, "backward": 0}
+
+
+class Task(abc.ABC):
+    """A task family: seeded examples per split, a tokenizer, and what exact match scores."""
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    Config: ClassVar[type] = None
+
+    def __init__(self, config):
+        self.config = config
+
+    @property
+    @abc.abstractmethod
+    def tokenizer(self):
+        """A `harness.data.Codec`-compatible tokenizer (encode, decode, vocab_size, pad_id)."""
+
+    @abc.abstractmethod
+    def examples(self, split: str, count: int, seed: int) -> list[Example]:
+        """`count` examples of `split` ('train', 'valid', 'test'), deterministic in seed."""
+
+    def score_mask(self, target_ids: Sequence[int]) -> list[bool]:
+        """Which target tokens exact match scores (default: all)."""
+        return [True] * len(target_ids)
+
+    def max_lengths(self) -> tuple[int, int]:
+        """Upper bounds (context tokens, query+target tokens) for validation against the backbone."""
+        return (0, 0)
+
+    def with_params(self, **overrides) -> "Task":
+        """The same task with some parameters changed (used by curricula)."""
+        return type(self)(dataclasses.replace(self.config, **overrides))

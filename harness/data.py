@@ -1,0 +1,99 @@
+"""Tokenise Examples into padded context / read (query + target) tensors.
+
+Everything is right-padded: with causal attention, padding after the real tokens never
+changes them, so memory-prefix methods need no attention mask and real positions stay 0..L-1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Literal, Sequence
+
+import torch
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+
+from harness.contract import Example
+
+SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")
+
+
+class Codec:
+    """A character- or word-level tokenizer over a fixed symbol list, built with `tokenizers`.
+
+    Ids 0-3 are <pad>, <unk>, <bos>, <eos>; the symbols follow in the order given.
+    """
+
+    def __init__(self, symbols: Sequence[str], level: Literal["char", "word"] = "char"):
+        vocab = {token: i for i, token in enumerate([*SPECIALS, *symbols])}
+        if len(vocab) != len(SPECIALS) + len(symbols):
+            raise ValueError("duplicate symbols in codec")
+        self.level = level
+        self.tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+        self.tokenizer.pre_tokenizer = (pre_tokenizers.Split(Regex("."), behavior="isolated")
+                                        if level == "char" else pre_tokenizers.WhitespaceSplit())
+        self.id_to_token = {i: t for t, i in vocab.items()}
+        self.pad_id = vocab["<pad>"]
+        self.unk_id = vocab["<unk>"]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.id_to_token)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text).ids if text else []
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self.tokenizer.encode_batch(list(texts))]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        tokens = [self.id_to_token[int(i)] for i in ids if int(i) != self.pad_id]
+        return ("" if self.level == "char" else " ").join(tokens)
+
+
+@dataclass
+class Batch:
+    """A batch: B contexts and Q >= B reads (query + target), each read pointing at its context."""
+    context_ids: torch.Tensor     # (B, Lc) long, right-padded
+    context_mask: torch.Tensor    # (B, Lc) bool, True on real tokens
+    read_ids: torch.Tensor        # (Q, Lr) long: query tokens then target tokens, right-padded
+    read_mask: torch.Tensor       # (Q, Lr) bool
+    target_mask: torch.Tensor     # (Q, Lr) bool, True on target tokens (the loss)
+    score_mask: torch.Tensor      # (Q, Lr) bool, True on target tokens exact match scores
+    context_index: torch.Tensor   # (Q,) long: the context of each read
+
+    def to(self, device) -> "Batch":
+        return Batch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+def _pad(rows: list[list[int]], pad_id: int, min_len: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    length = max([min_len, *map(len, rows)])
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.bool)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, :len(row)] = True
+    return ids, mask
+
+
+def collate(examples: Sequence[Example], task, queries_per_context: int | str = "all") -> Batch:
+    """Tokenise a list of examples; keeps the first `queries_per_context` queries of each."""
+    codec = task.tokenizer
+    contexts = codec.encode_batch([e.context for e in examples])
+    reads, targets, scores, index = [], [], [], []
+    for i, example in enumerate(examples):
+        queries = example.queries if queries_per_context == "all" else example.queries[:queries_per_context]
+        if not queries:
+            raise ValueError("an example has no query")
+        for query in queries:
+            query_ids, target_ids = codec.encode(query.text), codec.encode(query.target)
+            if not query_ids or not target_ids:
+                raise ValueError(f"empty query or target in {query!r}")
+            reads.append(query_ids + target_ids)
+            targets.append([False] * len(query_ids) + [True] * len(target_ids))
+            scores.append([False] * len(query_ids) + list(task.score_mask(target_ids)))
+            index.append(i)
+    context_ids, context_mask = _pad(contexts, codec.pad_id)
+    read_ids, read_mask = _pad(reads, codec.pad_id)
+    target_mask = _pad([[int(t) for t in row] for row in targets], 0)[0].bool()
+    score_mask = _pad([[int(s) for s in row] for row in scores], 0)[0].bool()
+    return Batch(context_ids, context_mask, read_ids, read_mask, target_mask, score_mask,
+                 torch.tensor(index, dtype=torch.long))

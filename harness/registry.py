@@ -1,0 +1,79 @@
+"""Name -> class registries for methods and tasks, discovery of `methods/` and `tasks/`, plugins."""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from pathlib import Path
+
+from harness.errors import HarnessError, choices_error
+
+METHODS: dict[str, type] = {}
+TASKS: dict[str, type] = {}
+SUITE_DIR = Path(__file__).parent / "suites"
+_discovered = False
+
+
+def _register(table: dict, kind: str):
+    def decorator(cls):
+        if not cls.name:
+            raise TypeError(f"{kind} class {cls.__name__} has no name")
+        if cls.name in table and table[cls.name] is not cls:
+            existing = table[cls.name]
+            if (existing.__module__, existing.__qualname__) != (cls.__module__, cls.__qualname__):
+                raise TypeError(f"{kind} {cls.name!r} registered twice ({existing} and {cls})")
+        table[cls.name] = cls
+        return cls
+    return decorator
+
+
+register_method = _register(METHODS, "method")
+register_task = _register(TASKS, "task")
+
+
+def discover() -> None:
+    """Import every module of the `methods` and `tasks` packages (each registers itself)."""
+    global _discovered
+    if _discovered:
+        return
+    for package_name in ("methods", "tasks"):
+        package = importlib.import_module(package_name)
+        for info in pkgutil.iter_modules(package.__path__):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"{package_name}.{info.name}")
+    _discovered = True
+
+
+def load_plugin(module_name: str) -> None:
+    """Import an outside module that registers methods or tasks."""
+    try:
+        importlib.import_module(module_name)
+    except ImportError as error:
+        raise HarnessError(f"cannot import plugin {module_name!r}: {error}") from None
+
+
+def get_method(name: str) -> type:
+    discover()
+    if name not in METHODS:
+        raise choices_error("method", name, METHODS)
+    return METHODS[name]
+
+
+def get_task(name: str) -> type:
+    discover()
+    if name not in TASKS:
+        raise choices_error("task", name, TASKS)
+    return TASKS[name]
+
+
+def suite_names() -> list[str]:
+    return sorted(p.stem for p in SUITE_DIR.glob("*.yaml"))
+
+
+def suite_path(name: str) -> Path:
+    path = SUITE_DIR / f"{name}.yaml"
+    if not path.exists():
+        candidate = Path(name)
+        if candidate.suffix in (".yaml", ".yml") and candidate.exists():
+            return candidate
+        raise choices_error("suite", name, suite_names())
+    return path

@@ -1,0 +1,143 @@
+"""Expand a suite into runs, skip finished ones, execute them locally (joblib) and record results."""
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import random
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from harness import registry, store
+from harness.backbone import build_backbone
+from harness.config import EvalConfig, RunSpec, TrainConfig, build
+from harness.errors import HarnessError
+from harness.train import Trainer
+
+log = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CACHE = REPO_ROOT / ".cache"
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    label: str
+    status: str           # finished, diverged, skipped, failed
+    seconds: float = 0.0
+    error: str | None = None
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise HarnessError("--device cuda was asked for but no CUDA device is available; valid here: auto, cpu")
+    if name not in ("cpu", "cuda"):
+        raise HarnessError(f"unknown device {name!r}; valid: auto, cpu, cuda")
+    return name
+
+
+def build_run(spec: RunSpec):
+    """Task, backbone and method of a run, built from its resolved spec."""
+    task_cls = registry.get_task(spec.task["name"])
+    task = task_cls(build(task_cls.Config, {k: v for k, v in spec.task.items() if k != "name"}, "task"))
+    backbone = build_backbone(spec.backbone, task.tokenizer.vocab_size)
+    method_cls = registry.get_method(spec.method["name"])
+    method = method_cls(build(method_cls.Config, {k: v for k, v in spec.method.items() if k != "name"},
+                              "method"), backbone)
+    return task, method
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                              text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict:
+    import transformers
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "git_commit": _git_commit(),
+            "machine": platform.machine(), "threads": torch.get_num_threads()}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def execute_run(spec: RunSpec, out: Path, device: str = "cpu", cache_dir: Path = DEFAULT_CACHE,
+                progress: bool = True) -> RunOutcome:
+    """Train and evaluate one run; write config.yaml, metrics.jsonl and summary.json."""
+    directory = store.run_dir(out, spec.suite, spec.run_id)
+    if store.is_finished(out, spec.suite, spec.run_id):
+        return RunOutcome(spec.run_id, spec.label(), "skipped")
+    started = time.time()
+    seed_everything(spec.seed)
+    task, method = build_run(spec)
+    method.to(device)
+    store.write_yaml(directory / "config.yaml", spec.to_dict())
+    trainer = Trainer(method, task, build(TrainConfig, spec.train, "train"),
+                      build(EvalConfig, spec.eval, "eval"), spec.seed, device,
+                      directory / "metrics.jsonl", Path(cache_dir) / "checkpoints" / spec.run_id,
+                      label=spec.label(), progress=progress)
+    result = trainer.run()
+    floats = None
+    if result["stages"]:
+        floats = next(iter(result["stages"][-1]["eval"].values()))["memory_floats"]
+    summary = {"run_id": spec.run_id, "label": spec.label(), **result,
+               "memory_floats": floats, "write_passes": method.write_passes(),
+               "parameters": sum(p.numel() for p in method.parameters()),
+               "wall_seconds": time.time() - started, "device": device, "versions": versions(),
+               "spec": spec.to_dict()}
+    store.write_json(directory / "summary.json", summary)
+    return RunOutcome(spec.run_id, spec.label(), result["status"], summary["wall_seconds"])
+
+
+def _run_in_worker(spec_dict: dict, out: str, device: str, cache_dir: str, plugins: list[str],
+                   threads: int | None, progress: bool) -> RunOutcome:
+    """Entry point of a parallel worker: re-import plugins, pin threads, run, report failures."""
+    if threads:
+        torch.set_num_threads(threads)
+    for plugin in plugins:
+        registry.load_plugin(plugin)
+    registry.discover()
+    spec = RunSpec.from_dict(spec_dict)
+    try:
+        return execute_run(spec, Path(out), device, Path(cache_dir), progress)
+    except Exception as error:  # a failed run is reported; the sweep goes on
+        log.exception("run %s failed", spec.label())
+        return RunOutcome(spec.run_id, spec.label(), "failed", error=f"{type(error).__name__}: {error}")
+
+
+def run_specs(specs: list[RunSpec], out: Path, device: str = "cpu", jobs: int = 1,
+              cache_dir: Path = DEFAULT_CACHE, plugins: list[str] | None = None,
+              backend: str = "loky", progress: bool = True) -> list[RunOutcome]:
+    """Run every unfinished spec; finished ones are skipped without building anything."""
+    plugins = plugins or []
+    outcomes = [RunOutcome(s.run_id, s.label(), "skipped") for s in specs
+                if store.is_finished(out, s.suite, s.run_id)]
+    pending = [s for s in specs if not store.is_finished(out, s.suite, s.run_id)]
+    if not pending:
+        return outcomes
+    if jobs == 1 and backend == "loky":
+        for spec in pending:
+            outcome = _run_in_worker(spec.to_dict(), str(out), device, str(cache_dir), plugins, None, progress)
+            log.info("%s: %s (%.0f s)", outcome.label, outcome.status, outcome.seconds)
+            outcomes.append(outcome)
+        return outcomes
+    from joblib import Parallel, delayed
+    threads = max(1, (os.cpu_count() or 1) // max(jobs, 1)) if backend == "loky" else None
+    tasks = (delayed(_run_in_worker)(s.to_dict(), str(out), device, str(cache_dir), plugins, threads, False)
+             for s in pending)
+    for outcome in Parallel(n_jobs=jobs, backend=backend, return_as="generator")(tasks):
+        log.info("%s: %s (%.0f s)", outcome.label, outcome.status, outcome.seconds)
+        outcomes.append(outcome)
+    return outcomes

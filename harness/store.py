@@ -1,0 +1,92 @@
+"""Results layout, atomic writes, and loading every summary into one DataFrame.
+
+results/<suite>/<run_id>/config.yaml   the resolved spec
+                         metrics.jsonl the training curve, one JSON object per evaluation
+                         summary.json  final metrics; its presence marks the run finished
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+
+def run_dir(out: Path, suite: str, run_id: str) -> Path:
+    return Path(out) / suite / run_id
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder and rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data) -> None:
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_yaml(path: Path, data) -> None:
+    atomic_write(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a") as handle:
+        handle.write(json.dumps(record, default=str) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not Path(path).exists():
+        return []
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def is_finished(out: Path, suite: str, run_id: str) -> bool:
+    return (run_dir(out, suite, run_id) / "summary.json").exists()
+
+
+def _flatten(prefix: str, mapping: dict) -> dict:
+    return {f"{prefix}.{k}": (json.dumps(v) if isinstance(v, (list, dict)) else v)
+            for k, v in mapping.items()}
+
+
+def summary_rows(summary: dict) -> list[dict]:
+    """One row per (curriculum stage, evaluated write steps) of a run summary."""
+    spec = summary["spec"]
+    base = {"suite": spec["suite"], "scale": spec["scale"], "run_id": summary["run_id"],
+            "method": spec["method"]["name"], "seed": spec["seed"], "status": summary["status"],
+            "train_seconds": summary.get("train_seconds"), "train_steps": summary.get("steps"),
+            **_flatten("method", {k: v for k, v in spec["method"].items() if k != "name"}),
+            **_flatten("task", spec["task"]), **_flatten("backbone", spec["backbone"])}
+    rows = []
+    for stage in summary.get("stages", []):
+        for steps, metrics in stage["eval"].items():
+            row = {**base, **_flatten("task", stage["task"]), "stage": stage["stage"],
+                   "stage_steps": stage["steps"], "best_valid_em": stage["best_valid_em"],
+                   "eval_write_steps": steps}
+            row.update({k: v for k, v in metrics.items() if not isinstance(v, (list, dict))})
+            if "inner_loss" in metrics:
+                row["final_inner_loss"] = metrics["inner_loss"][-1] if metrics["inner_loss"] else None
+            rows.append(row)
+    if not rows:
+        rows.append(base)
+    return rows
+
+
+def load(results: Path | str = "results") -> pd.DataFrame:
+    """Every summary under `results` as one DataFrame (one row per stage and write-step setting)."""
+    rows = []
+    for path in sorted(Path(results).glob("*/*/summary.json")):
+        rows.extend(summary_rows(json.loads(path.read_text())))
+    return pd.DataFrame(rows)

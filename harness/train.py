@@ -1,0 +1,187 @@
+"""Outer loop: AdamW, warmup, clipping, periodic validation, early stop, curriculum, resume.
+
+A curriculum is a list of task overrides (e.g. pairs 2 -> 4 -> 8). A stage ends when validation
+exact match reaches `advance_em` (the last stage: `target_em`), when `patience` evaluations pass
+without improvement, or when its step budget runs out; the best weights of the stage are kept,
+evaluated on the test split, and the next stage starts from them (as the paper's runs for more
+pairs start from the checkpoint of fewer). A checkpoint after every evaluation lets a killed run
+resume where it stopped; training batches are a function of (seed, step), so the resumed run
+sees the same data.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from harness import store
+from harness.config import EvalConfig, TrainConfig
+from harness.data import collate
+from harness.evaluate import evaluate
+from harness.pipeline import target_loss, write_then_read
+
+log = logging.getLogger(__name__)
+
+
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """Multiplier of the base learning rate at `step` (0-based): warmup, then the schedule."""
+    if config.warmup_steps and step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    if config.schedule == "constant":
+        return 1.0
+    span = max(config.steps - config.warmup_steps, 1)
+    progress = min(max(step - config.warmup_steps, 0) / span, 1.0)
+    return 1.0 - progress if config.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _cpu_state(module: torch.nn.Module) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+class Trainer:
+    def __init__(self, method, task, train: TrainConfig, eval_config: EvalConfig, seed: int,
+                 device, metrics_path: Path, checkpoint_dir: Path | None, label: str = "run",
+                 progress: bool = True):
+        self.method, self.base_task, self.config, self.eval_config = method, task, train, eval_config
+        self.seed, self.device, self.label, self.progress = seed, torch.device(device), label, progress
+        self.metrics_path, self.checkpoint_dir = Path(metrics_path), checkpoint_dir
+        params = [p for p in method.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=train.lr, betas=tuple(train.betas),
+                                           weight_decay=train.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, train))
+        self.stages = train.curriculum or [{}]
+        self.state = {"step": 0, "stage": 0, "stage_step": 0, "best_em": -1.0, "since_best": 0,
+                      "best_state": None, "stage_results": [], "train_seconds": 0.0,
+                      "status": "running", "diverged_step": None}
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint_path(self) -> Path | None:
+        return self.checkpoint_dir / "last.pt" if self.checkpoint_dir else None
+
+    def save_checkpoint(self) -> None:
+        path = self._checkpoint_path()
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = {"method": _cpu_state(self.method), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "state": self.state}
+        tmp = path.with_suffix(".tmp")
+        torch.save(data, tmp)
+        tmp.replace(path)
+        if self.state["best_state"] is not None:
+            torch.save(self.state["best_state"], path.with_name(f"best_stage{self.state['stage']}.pt"))
+
+    def try_resume(self) -> bool:
+        path = self._checkpoint_path()
+        if path is None or not path.exists():
+            self.metrics_path.unlink(missing_ok=True)  # a curve from a run that left no checkpoint
+            return False
+        data = torch.load(path, map_location="cpu", weights_only=False)
+        self.method.load_state_dict(data["method"])
+        self.optimizer.load_state_dict(data["optimizer"])
+        self.scheduler.load_state_dict(data["scheduler"])
+        self.state = data["state"]
+        kept = [r for r in store.read_jsonl(self.metrics_path) if r["step"] <= self.state["step"]]
+        store.atomic_write(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+        log.info("%s: resumed at step %d (stage %d)", self.label, self.state["step"], self.state["stage"])
+        return True
+
+    # ------------------------------------------------------------------ loop
+    def stage_task(self, index: int):
+        return self.base_task.with_params(**self.stages[index]) if self.stages[index] else self.base_task
+
+    def train_step(self, task) -> float:
+        cfg, s = self.config, self.state
+        examples = task.examples("train", cfg.batch_size, seed=self.seed * 1_000_003 + s["step"])
+        batch = collate(examples, task, cfg.queries_per_context).to(self.device)
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+        with autocast:
+            logits, _ = write_then_read(self.method, batch)
+            loss = target_loss(logits, batch)
+        if not torch.isfinite(loss):
+            return float("nan")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.method.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.item()
+
+    def validate(self, task) -> float:
+        valid = task.examples("valid", self.config.eval_examples, seed=0)
+        metrics = evaluate(self.method, task, valid, [None], self.eval_config.batch_size, 1, False, self.device)
+        return next(iter(metrics.values()))["exact_match"]
+
+    def finish_stage(self, task) -> None:
+        s = self.state
+        if s["best_state"] is not None:
+            self.method.load_state_dict(s["best_state"])
+        test = task.examples("test", self.eval_config.examples, seed=0)
+        steps = self.eval_config.write_steps or self.method.eval_write_steps()
+        metrics = evaluate(self.method, task, test, steps, self.eval_config.batch_size,
+                           self.eval_config.queries_per_context, self.eval_config.generate, self.device)
+        task_params = {k: v for k, v in vars(task.config).items()}
+        s["stage_results"].append({"stage": s["stage"], "task": task_params, "steps": s["stage_step"],
+                                   "best_valid_em": s["best_em"], "eval": metrics})
+        s.update(stage=s["stage"] + 1, stage_step=0, best_em=-1.0, since_best=0, best_state=None)
+
+    def run(self) -> dict:
+        """Train through every stage; returns status, per-stage results, steps, seconds."""
+        cfg, s = self.config, self.state
+        self.try_resume()
+        self.method.train()
+        bar = tqdm(total=cfg.steps, initial=s["step"], desc=self.label, disable=not self.progress,
+                   leave=False, dynamic_ncols=True)
+        recent: list[float] = []
+        while s["stage"] < len(self.stages) and s["status"] == "running":
+            task = self.stage_task(s["stage"])
+            last_stage = s["stage"] == len(self.stages) - 1
+            threshold = cfg.target_em if last_stage else cfg.advance_em
+            budget = cfg.stage_steps or cfg.steps
+            stage_over = s["step"] >= cfg.steps
+            while not stage_over:
+                started = time.perf_counter()
+                loss = self.train_step(task)
+                s["train_seconds"] += time.perf_counter() - started
+                s["step"] += 1
+                s["stage_step"] += 1
+                bar.update(1)
+                if not math.isfinite(loss):
+                    s.update(status="diverged", diverged_step=s["step"])
+                    log.warning("%s: loss is not finite at step %d; run marked diverged", self.label, s["step"])
+                    break
+                recent.append(loss)
+                out_of_steps = s["step"] >= cfg.steps or s["stage_step"] >= budget
+                if s["step"] % cfg.eval_every == 0 or out_of_steps:
+                    em = self.validate(task)
+                    if em > s["best_em"]:
+                        s.update(best_em=em, since_best=0, best_state=_cpu_state(self.method))
+                    else:
+                        s["since_best"] += 1
+                    record = {"step": s["step"], "stage": s["stage"], "task": self.stages[s["stage"]],
+                              "loss": sum(recent) / len(recent), "valid_em": em,
+                              "lr": self.scheduler.get_last_lr()[0], "seconds": round(s["train_seconds"], 3)}
+                    recent = []
+                    store.append_jsonl(self.metrics_path, record)
+                    bar.set_postfix(stage=s["stage"], loss=f"{record['loss']:.3f}", em=f"{em:.3f}")
+                    patience_over = cfg.patience is not None and s["since_best"] >= cfg.patience
+                    stage_over = em >= threshold or out_of_steps or patience_over
+                    if not stage_over:
+                        self.save_checkpoint()
+            if s["status"] != "running":
+                break
+            self.finish_stage(task)
+            self.save_checkpoint()
+            if s["step"] >= cfg.steps:
+                break
+        bar.close()
+        if s["status"] == "running":
+            s["status"] = "finished"
+        return {"status": s["status"], "diverged_step": s["diverged_step"], "steps": s["step"],
+                "train_seconds": s["train_seconds"], "stages": s["stage_results"]}

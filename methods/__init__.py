@@ -1,0 +1,1 @@
+"""Memory methods, one file each; every module here registers itself on import."""

@@ -1,0 +1,46 @@
+"""Shared by the memory-prefix methods (GradMem, RMT, ARMT): READ = backbone on [M; query; target].
+
+Not a method itself (modules starting with `_` are not discovered).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from harness.contract import Memory, Method
+
+
+class PrefixMemoryMethod(Method):
+    """A method whose memory is m vectors of the backbone's embedding width, read as a prefix."""
+
+    def __init__(self, config, backbone):
+        super().__init__(config, backbone)
+        d = backbone.hidden_size
+        self.memory_size = config.memory_size
+        self.initial_memory = nn.Parameter(torch.randn(config.memory_size, d) * config.init_std)
+        self.memory_map = None
+        if getattr(config, "memory_map", False):
+            self.memory_map = nn.Linear(d, d)
+            with torch.no_grad():
+                self.memory_map.weight.copy_(torch.eye(d))
+                self.memory_map.bias.zero_()
+
+    def memory_embeddings(self, memory: torch.Tensor) -> torch.Tensor:
+        """Memory vectors as input embeddings (through the learned map when enabled)."""
+        return self.memory_map(memory) if self.memory_map is not None else memory
+
+    def memory_floats(self) -> int:
+        return self.memory_size * self.backbone.hidden_size
+
+    def prefix_hidden(self, memory: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        """Last hidden states of [memory; tokens] at the positions that predict each token.
+
+        Row j is the state at position m-1+j: the last memory slot predicts token 0.
+        """
+        inputs = torch.cat([self.memory_embeddings(memory), self.backbone.embed(token_ids)], dim=1)
+        hidden, _ = self.backbone.hidden(inputs)
+        m = memory.shape[1]
+        return hidden[:, m - 1: m - 1 + token_ids.shape[1]]
+
+    def read(self, memory: Memory, read_ids: torch.Tensor, read_mask: torch.Tensor) -> torch.Tensor:
+        return self.backbone.lm_head(self.prefix_hidden(memory.state, read_ids))

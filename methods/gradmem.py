@@ -1,0 +1,126 @@
+"""GradMem: write a context into m prefix memory vectors with K steps of gradient descent.
+
+M_{k+1} = M_k - alpha * grad_M L_write(M_k; C), L_write = next-token cross-entropy of the
+context given [M_k; C] (last memory slot predicts the first context token), the mean over one
+example's real tokens, summed over the batch: alpha is per example and no example's memory
+depends on another's. Meta-training backpropagates the READ loss through the K steps:
+order `second` (create_graph, MAML), `first` (inner gradient treated as a constant), `none`
+(the written memory is detached: M0 and alpha get no gradient). At evaluation no graph is built.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.config import non_negative
+from harness.contract import Memory
+from harness.errors import HarnessError
+from harness.registry import register_method
+from methods._prefix import PrefixMemoryMethod
+
+
+@dataclass
+class GradMemConfig:
+    """Paper defaults: 8 memory vectors, K <= 5, second order, memory map and WRITE head on
+    (the official KV script turns the memory map off), alpha searched in [0.01, 10]."""
+    memory_size: int = 8
+    write_steps: int = 1
+    order: Literal["second", "first", "none"] = "second"
+    inner_lr: float = 0.1            # alpha, the inner step size (initial value when learned)
+    learn_inner_lr: bool = False     # learn log(alpha) with the outer optimiser
+    memory_map: bool = True          # learned linear map on the memory, identity init
+    write_head: bool = True          # untied copy of the LM head used only for L_write
+    inner_grad_clip: float | None = None  # clip each example's inner gradient to this norm
+    init_std: float = 0.02
+
+    def validate(self, where):
+        non_negative(where, write_steps=self.write_steps, inner_grad_clip=self.inner_grad_clip)
+        if self.memory_size < 1:
+            raise HarnessError(f"{where}.memory_size = {self.memory_size} must be >= 1")
+        if self.inner_lr <= 0:
+            raise HarnessError(f"{where}.inner_lr = {self.inner_lr} must be > 0")
+
+
+@register_method
+class GradMem(PrefixMemoryMethod):
+    name = "gradmem"
+    summary = "m prefix vectors written by K steps of test-time gradient descent (m*d floats)"
+    Config = GradMemConfig
+
+    def __init__(self, config: GradMemConfig, backbone):
+        super().__init__(config, backbone)
+        log_lr = torch.tensor(math.log(config.inner_lr))
+        if config.learn_inner_lr:
+            self.log_inner_lr = nn.Parameter(log_lr)
+        else:
+            self.register_buffer("log_inner_lr", log_lr)
+        self.write_head = None
+        if config.write_head:
+            head = backbone.lm_head
+            self.write_head = nn.Linear(head.in_features, head.out_features, bias=head.bias is not None)
+            with torch.no_grad():
+                self.write_head.load_state_dict(head.state_dict())
+
+    @property
+    def inner_lr(self) -> torch.Tensor:
+        return self.log_inner_lr.exp()
+
+    def write_loss(self, memory: torch.Tensor, context_ids: torch.Tensor,
+                   context_mask: torch.Tensor) -> torch.Tensor:
+        """L_write per example (B,): mean next-token cross-entropy over its real context tokens."""
+        hidden = self.prefix_hidden(memory, context_ids)
+        head = self.write_head if self.write_head is not None else self.backbone.lm_head
+        logits = head(hidden).float()
+        token_loss = F.cross_entropy(logits.transpose(1, 2), context_ids, reduction="none")
+        mask = context_mask.to(token_loss.dtype)
+        return (token_loss * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+    def _clip(self, grad: torch.Tensor) -> torch.Tensor:
+        limit = self.config.inner_grad_clip
+        if limit is None:
+            return grad
+        norm = grad.flatten(1).norm(dim=1).clamp(min=1e-12)
+        return grad * (limit / norm).clamp(max=1.0)[:, None, None]
+
+    def write(self, context_ids, context_mask, write_steps=None) -> Memory:
+        steps = self.config.write_steps if write_steps is None else write_steps
+        if steps < 0:
+            raise HarnessError(f"write_steps = {steps} must be >= 0")
+        order = self.config.order
+        meta = self.training and torch.is_grad_enabled()
+        second_order = meta and order == "second"
+        batch = context_ids.shape[0]
+        memory = self.initial_memory.unsqueeze(0).expand(batch, -1, -1)
+        if not meta:
+            memory = memory.detach()
+        losses, grad_norms = [], []
+        for _ in range(steps):
+            with torch.enable_grad():
+                point = memory if second_order else memory.detach().requires_grad_(True)
+                per_example = self.write_loss(point, context_ids, context_mask)
+                (grad,) = torch.autograd.grad(per_example.sum(), point, create_graph=second_order)
+            grad = self._clip(grad)
+            losses.append(per_example.detach())
+            grad_norms.append(grad.detach().flatten(1).norm(dim=1))
+            alpha = self.inner_lr if meta else self.inner_lr.detach()
+            memory = memory - alpha * grad
+            if not meta:
+                memory = memory.detach()
+        if meta and order == "none":
+            memory = memory.detach()
+        log = {"inner_loss": [l.mean().item() for l in losses],
+               "grad_norm": [g.mean().item() for g in grad_norms],
+               "inner_loss_per_example": losses}
+        return Memory(state=memory, floats=self.memory_floats(), log=log)
+
+    def eval_write_steps(self):
+        return [self.config.write_steps]
+
+    def write_passes(self, write_steps=None):
+        steps = self.config.write_steps if write_steps is None else write_steps
+        return {"forward": steps, "backward": steps}

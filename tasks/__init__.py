@@ -1,0 +1,1 @@
+"""Task families, one file each; every module here registers itself on import."""

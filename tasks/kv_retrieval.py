@@ -1,0 +1,131 @@
+"""Associative key-value retrieval, generated offline from a seed.
+
+`paper` format (the GradMem paper's N{n}-K2V2-V62): context `!k1:v1!!k2:v2!...!kn:vn!|`,
+query `?!kj:`, target `vj!|`, character tokenizer (4 specials + alphabet + `! ? : |`: 70 ids at
+alphabet 62). `compact` format for small models: context `K3 V7 K1 V2 ...`, query `K3`, target
+`V7`, keys and values from disjoint word-level symbol sets. Keys are unique within a context,
+values may repeat, every key is asked (queries in random order). Exact match scores the value
+symbols only. Splits are disjoint by construction: a context belongs to the split its hash
+selects (test 10%, valid 10%, train 80%), on top of separate seeds per split.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+import string
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Literal, Sequence
+
+from harness.contract import Example, Query, Task
+from harness.data import Codec
+from harness.errors import HarnessError
+from harness.registry import register_task
+
+PAPER_ALPHABET = string.ascii_lowercase + string.ascii_uppercase + string.digits
+PUNCTUATION = "!?:|"
+SPLIT_BUCKETS = {"test": (0,), "valid": (1,), "train": tuple(range(2, 10))}
+
+
+@dataclass
+class KVRetrievalConfig:
+    """Paper setting: format paper, key_length 2, value_length 2, alphabet 62."""
+    format: Literal["paper", "compact"] = "paper"
+    pairs: int = 16
+    key_length: int = 2
+    value_length: int = 2
+    alphabet: int = 62          # paper format: first `alphabet` characters of a-z A-Z 0-9
+    key_symbols: int = 16       # compact format: number of key symbols
+    value_symbols: int = 16     # compact format: number of value symbols
+
+    def validate(self, where):
+        for key in ("pairs", "key_length", "value_length", "alphabet", "key_symbols", "value_symbols"):
+            if getattr(self, key) < 1:
+                raise HarnessError(f"{where}.{key} = {getattr(self, key)!r} must be >= 1")
+        if self.alphabet > len(PAPER_ALPHABET):
+            raise HarnessError(f"{where}.alphabet = {self.alphabet} exceeds {len(PAPER_ALPHABET)} characters")
+        symbols = self.alphabet if self.format == "paper" else self.key_symbols
+        distinct = symbols ** self.key_length
+        if self.pairs > distinct:
+            raise HarnessError(f"{where}: pairs = {self.pairs} exceeds the {distinct} distinct keys "
+                               f"({symbols} symbols, key_length {self.key_length})")
+
+
+def split_of(context: str) -> str:
+    bucket = int.from_bytes(hashlib.blake2b(context.encode(), digest_size=4).digest(), "little") % 10
+    return next(name for name, buckets in SPLIT_BUCKETS.items() if bucket in buckets)
+
+
+@register_task
+class KVRetrieval(Task):
+    name = "kv_retrieval"
+    summary = "associative key-value retrieval (paper N{n}-K{k}V{v}-V{alphabet} or compact format)"
+    Config = KVRetrievalConfig
+
+    @cached_property
+    def key_symbols(self) -> list[str]:
+        c = self.config
+        if c.format == "paper":
+            return list(PAPER_ALPHABET[:c.alphabet])
+        return [f"K{i}" for i in range(c.key_symbols)]
+
+    @cached_property
+    def value_symbols(self) -> list[str]:
+        c = self.config
+        if c.format == "paper":
+            return list(PAPER_ALPHABET[:c.alphabet])
+        return [f"V{i}" for i in range(c.value_symbols)]
+
+    @cached_property
+    def tokenizer(self) -> Codec:
+        if self.config.format == "paper":
+            return Codec(list(PAPER_ALPHABET[:self.config.alphabet]) + list(PUNCTUATION), level="char")
+        return Codec(self.key_symbols + self.value_symbols, level="word")
+
+    def _render(self, pairs: list[tuple[tuple[str, ...], tuple[str, ...]]], order: list[int]) -> Example:
+        if self.config.format == "paper":
+            context = "".join(f"!{''.join(k)}:{''.join(v)}!" for k, v in pairs) + "|"
+            queries = tuple(Query(f"?!{''.join(pairs[j][0])}:", f"{''.join(pairs[j][1])}!|") for j in order)
+        else:
+            context = " ".join(" ".join([*k, *v]) for k, v in pairs)
+            queries = tuple(Query(" ".join(pairs[j][0]), " ".join(pairs[j][1])) for j in order)
+        return Example(context, queries)
+
+    def _one(self, rng: random.Random) -> Example:
+        c = self.config
+        keys: list[tuple[str, ...]] = []
+        seen = set()
+        while len(keys) < c.pairs:
+            key = tuple(rng.choice(self.key_symbols) for _ in range(c.key_length))
+            if key not in seen:
+                seen.add(key)
+                keys.append(key)
+        values = [tuple(rng.choice(self.value_symbols) for _ in range(c.value_length)) for _ in keys]
+        order = list(range(c.pairs))
+        rng.shuffle(order)
+        return self._render(list(zip(keys, values)), order)
+
+    def examples(self, split: str, count: int, seed: int) -> list[Example]:
+        if split not in SPLIT_BUCKETS:
+            raise HarnessError(f"unknown split {split!r}; valid: {', '.join(SPLIT_BUCKETS)}")
+        rng = random.Random(f"kv_retrieval/{split}/{seed}")
+        out: list[Example] = []
+        attempts = 0
+        while len(out) < count:
+            example = self._one(rng)
+            attempts += 1
+            if split_of(example.context) == split:
+                out.append(example)
+            elif attempts > 50 * count + 1000:
+                raise HarnessError(f"cannot draw {count} {split} examples for {self.config}")
+        return out
+
+    def score_mask(self, target_ids: Sequence[int]) -> list[bool]:
+        value_tokens = self.config.value_length
+        return [i < value_tokens for i in range(len(target_ids))]
+
+    def max_lengths(self) -> tuple[int, int]:
+        c = self.config
+        if c.format == "paper":
+            return c.pairs * (c.key_length + c.value_length + 3) + 1, (c.key_length + 3) + (c.value_length + 2)
+        return c.pairs * (c.key_length + c.value_length), c.key_length + c.value_length

@@ -41,6 +41,35 @@ class BackboneConfig:
             raise HarnessError(f"{where}: hidden={self.hidden} is not divisible by heads={self.heads}")
 
 
+ATTENTION_NAME = "harness_eager"
+
+
+def precise_eager_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Eager attention whose softmax runs in float32, or float64 for float64 inputs.
+
+    Double backward works through it (plain tensor ops); transformers' eager attention always
+    takes the softmax in float32, which rounds float64 gradient checks.
+    """
+    groups = getattr(module, "num_key_value_groups", 1)
+    if groups > 1:
+        key = key.repeat_interleave(groups, dim=1)
+        value = value.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask[..., : key.shape[-2]]
+    softmax_dtype = torch.float64 if query.dtype == torch.float64 else torch.float32
+    weights = torch.softmax(scores, dim=-1, dtype=softmax_dtype).to(query.dtype)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
+def _register_attention() -> None:
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import eager_mask
+    AttentionInterface.register(ATTENTION_NAME, precise_eager_attention)
+    AttentionMaskInterface.register(ATTENTION_NAME, eager_mask)
+
+
 def max_positions(config: dict) -> int | None:
     """Longest sequence the backbone allows (None: unbounded, e.g. Mamba)."""
     return config["max_positions"] if config.get("arch", "llama") == "llama" else None
@@ -105,6 +134,32 @@ class Backbone(nn.Module):
         return self.lm_head(hidden)
 
 
+class RMSNorm(nn.Module):
+    """RMSNorm computed in float32, or float64 for float64 inputs.
+
+    transformers' LlamaRMSNorm always computes in float32, which rounds a float64 model and
+    makes finite-difference checks of the meta-gradient meaningless.
+    """
+
+    def __init__(self, weight: torch.Tensor, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(weight.detach().clone())
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        wide = x if x.dtype == torch.float64 else x.float()
+        normed = wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * normed.to(x.dtype)
+
+
+def _replace_rms_norms(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if type(child).__name__.endswith("RMSNorm"):
+            setattr(module, name, RMSNorm(child.weight, getattr(child, "variance_epsilon", 1e-6)))
+        else:
+            _replace_rms_norms(child)
+
+
 def build_backbone(config: dict | BackboneConfig, vocab_size: int) -> Backbone:
     """Build a randomly initialised decoder from a config (no network)."""
     if isinstance(config, dict):
@@ -112,14 +167,16 @@ def build_backbone(config: dict | BackboneConfig, vocab_size: int) -> Backbone:
         config = build(BackboneConfig, config, "backbone")
     if config.arch == "llama":
         from transformers import LlamaConfig, LlamaForCausalLM
+        _register_attention()
         hf_config = LlamaConfig(
             vocab_size=vocab_size, hidden_size=config.hidden, intermediate_size=config.ffn,
             num_hidden_layers=config.layers, num_attention_heads=config.heads,
             num_key_value_heads=config.heads, max_position_embeddings=config.max_positions,
             rope_theta=config.rope_theta, tie_word_embeddings=False,
-            attn_implementation="eager" if config.attention == "eager" else "sdpa",
+            attn_implementation=ATTENTION_NAME if config.attention == "eager" else "sdpa",
             pad_token_id=0, bos_token_id=None, eos_token_id=None)
         model = LlamaForCausalLM(hf_config)
+        _replace_rms_norms(model)
     elif config.arch == "mamba":
         from transformers import MambaConfig, MambaForCausalLM
         hf_config = MambaConfig(

@@ -13,6 +13,7 @@ import itertools
 import json
 import types
 import typing
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
@@ -252,6 +253,7 @@ def expand_suite(name: str, scale: str, methods: list[str] | None = None,
     for key, values in sweep.items():
         if not isinstance(values, list) or not values:
             raise HarnessError(f"sweep {key!r} in suite {name} must be a non-empty list")
+    suite_name = Path(name).stem
     specs, seen = [], set()
     for index, run in enumerate(runs):
         _check_keys(run, SECTIONS, f"suite {name} run {index}")
@@ -264,7 +266,7 @@ def expand_suite(name: str, scale: str, methods: list[str] | None = None,
             where = f"suite {name} run {index}"
             resolved = {s: resolve_section(s, tree.get(s), f"{where} {s}") for s in SECTIONS}
             for seed in range(seed_count):
-                spec = RunSpec(suite=name, scale=scale, seed=seed, **resolved)
+                spec = RunSpec(suite=suite_name, scale=scale, seed=seed, **resolved)
                 if spec.run_id not in seen:
                     seen.add(spec.run_id)
                     specs.append(spec)

@@ -22,4 +22,9 @@ def write_then_read(method: Method, batch: Batch, write_steps: int | None = None
 def target_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     """Mean cross-entropy over the target tokens of the batch."""
     mask = batch.target_mask
-    return F.cross_entropy(logits[mask].float(), batch.read_ids[mask])
+    return F.cross_entropy(at_least_fp32(logits[mask]), batch.read_ids[mask])
+
+
+def at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
+    """Upcast half-precision values for a loss; float64 stays float64 (gradient checks)."""
+    return tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.float()

@@ -133,8 +133,8 @@ class Trainer:
 
     def run(self) -> dict:
         """Train through every stage; returns status, per-stage results, steps, seconds."""
-        cfg, s = self.config, self.state
         self.try_resume()
+        cfg, s = self.config, self.state
         self.method.train()
         bar = tqdm(total=cfg.steps, initial=s["step"], desc=self.label, disable=not self.progress,
                    leave=False, dynamic_ncols=True)

@@ -20,6 +20,7 @@ from torch import nn
 from harness.config import non_negative
 from harness.contract import Memory
 from harness.errors import HarnessError
+from harness.pipeline import at_least_fp32
 from harness.registry import register_method
 from methods._prefix import PrefixMemoryMethod
 
@@ -75,7 +76,7 @@ class GradMem(PrefixMemoryMethod):
         """L_write per example (B,): mean next-token cross-entropy over its real context tokens."""
         hidden = self.prefix_hidden(memory, context_ids)
         head = self.write_head if self.write_head is not None else self.backbone.lm_head
-        logits = head(hidden).float()
+        logits = at_least_fp32(head(hidden))
         token_loss = F.cross_entropy(logits.transpose(1, 2), context_ids, reduction="none")
         mask = context_mask.to(token_loss.dtype)
         return (token_loss * mask).sum(1) / mask.sum(1).clamp(min=1)

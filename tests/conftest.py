@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny tasks and backbones, offline, on CPU."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest
+import torch
+
+from harness.backbone import build_backbone
+from harness.config import build
+from harness.registry import discover, get_method, get_task
+
+torch.set_num_threads(2)
+discover()
+
+
+def make_task(**params):
+    cls = get_task("kv_retrieval")
+    return cls(build(cls.Config, params, "task"))
+
+
+def make_method(name, task, dtype=torch.float32, backbone=None, seed=0, **params):
+    torch.manual_seed(seed)
+    backbone = backbone or build_backbone({"layers": 2, "hidden": 16, "heads": 2, "ffn": 32,
+                                           "max_positions": 512}, task.tokenizer.vocab_size)
+    cls = get_method(name)
+    return cls(build(cls.Config, params, "method"), backbone).to(dtype)
+
+
+@pytest.fixture
+def compact_task():
+    return make_task(format="compact", pairs=3, key_length=1, value_length=1, key_symbols=8, value_symbols=8)
+
+
+@pytest.fixture
+def paper_task():
+    return make_task(format="paper", pairs=4)

@@ -1,0 +1,182 @@
+"""The command line: bad input, dry run, listing, plugins, resume after a crash, divergence."""
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness import runner, store
+from harness.cli import main
+
+TINY = {
+    "description": "tiny test suite",
+    "base": {
+        "task": {"name": "kv_retrieval", "format": "compact", "pairs": 2, "key_length": 1,
+                 "value_length": 1, "key_symbols": 6, "value_symbols": 6},
+        "backbone": {"layers": 1, "hidden": 16, "heads": 2, "ffn": 32, "max_positions": 64},
+        "train": {"steps": 6, "batch_size": 4, "lr": 1e-3, "warmup_steps": 2, "eval_every": 3, "eval_examples": 8},
+        "eval": {"examples": 8, "batch_size": 8},
+    },
+    "runs": [{"method": {"name": "gradmem", "memory_size": 2}},
+             {"method": {"name": "full_context"}},
+             {"method": {"name": "query_only"}}],
+}
+
+
+def write_suite(tmp_path, data=TINY, name="tiny"):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def run(args, tmp_path):
+    return main([*args, "--out", str(tmp_path / "results"), "--cache", str(tmp_path / "cache"),
+                 "--quiet", "--device", "cpu"])
+
+
+def summaries(tmp_path):
+    return sorted((tmp_path / "results").glob("*/*/summary.json"))
+
+
+def modified(data, section, **changes):
+    data = json.loads(json.dumps(data))
+    data["base"][section].update(changes)
+    return data
+
+
+BAD_INPUTS = {
+    "unknown suite": lambda p: ["--suite", "no_such_suite"],
+    "unknown method": lambda p: ["--suite", write_suite(p), "--methods", "gradmen"],
+    "unknown scale": lambda p: ["--suite", write_suite(p), "--scale", "huge"],
+    "unknown task": lambda p: ["--suite", write_suite(p, modified(TINY, "task", name="kv"))],
+    "unknown yaml key": lambda p: ["--suite", write_suite(p, modified(TINY, "train", stepz=3))],
+    "wrong type": lambda p: ["--suite", write_suite(p, modified(TINY, "train", steps="many"))],
+    "more pairs than keys": lambda p: ["--suite", write_suite(p, modified(TINY, "task", pairs=7))],
+    "sequence too long": lambda p: ["--suite", write_suite(p, modified(TINY, "backbone", max_positions=4))],
+    "negative steps": lambda p: ["--suite", write_suite(p, {**TINY, "runs": [{"method": {"name": "gradmem", "write_steps": -1}}]})],
+    "negative train steps": lambda p: ["--suite", write_suite(p, modified(TINY, "train", steps=-5))],
+    "bad plugin": lambda p: ["--plugin", "no.such.module", "--list"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, tmp_path, capsys):
+    code = run(BAD_INPUTS[case](tmp_path), tmp_path)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("error:"), err
+    assert not (tmp_path / "results").exists()
+
+
+def test_error_names_valid_choices(tmp_path, capsys):
+    run(["--suite", write_suite(tmp_path), "--methods", "gradmen"], tmp_path)
+    err = capsys.readouterr().err
+    assert "gradmen" in err and "gradmem" in err and "full_context" in err
+
+
+def test_dry_run_lists_runs_and_trains_nothing(tmp_path, capsys):
+    assert run(["--suite", write_suite(tmp_path), "--dry-run"], tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "3 runs" in out and "gradmem" in out
+    assert not (tmp_path / "results").exists()
+
+
+def test_list_and_plugin(tmp_path, capsys, monkeypatch):
+    (tmp_path / "my_plugin.py").write_text(textwrap.dedent('''
+        from dataclasses import dataclass
+        from harness.registry import register_method
+        from methods.query_only import QueryOnly
+
+        @register_method
+        class Echo(QueryOnly):
+            name = "echo_plugin"
+            summary = "a plugin method for the test"
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["--plugin", "my_plugin", "--list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("gradmem", "full_context", "query_only", "echo_plugin", "kv_retrieval", "smoke"):
+        assert name in out
+
+
+def test_resume_after_crash_finishes_the_rest_and_repeats_none(tmp_path, monkeypatch):
+    suite = write_suite(tmp_path)
+    calls = []
+    real = runner.execute_run
+
+    def crash_on_second(spec, *args, **kwargs):
+        calls.append(spec.run_id)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the process dies in the middle of the sweep
+        return real(spec, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "execute_run", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        run(["--suite", suite], tmp_path)
+    assert len(summaries(tmp_path)) == 1
+    first = summaries(tmp_path)[0]
+    first_text = first.read_text()
+
+    calls.clear()
+    monkeypatch.setattr(runner, "execute_run", lambda spec, *a, **k: (calls.append(spec.run_id), real(spec, *a, **k))[1])
+    assert run(["--suite", suite], tmp_path) == 0
+    assert len(calls) == 2 and first.parent.name not in calls
+    assert len(summaries(tmp_path)) == 3 and first.read_text() == first_text
+
+    calls.clear()
+    assert run(["--suite", suite], tmp_path) == 0
+    assert calls == []  # everything finished: nothing is trained again
+    frame = store.load(tmp_path / "results")
+    assert set(frame["method"]) == {"gradmem", "full_context", "query_only"}
+    assert (frame["status"] == "finished").all()
+
+
+def test_a_run_killed_mid_training_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    from harness.train import Trainer
+    data = {**TINY, "runs": [{"method": {"name": "gradmem", "memory_size": 2}}]}
+    data = modified(data, "train", steps=9, eval_every=3)
+    suite = write_suite(tmp_path, data)
+    real_step = Trainer.train_step
+    steps_run = []
+
+    def dying_step(self, task):
+        if self.state["step"] == 7 and not steps_run.count("died"):
+            steps_run.append("died")
+            raise KeyboardInterrupt
+        steps_run.append(self.state["step"])
+        return real_step(self, task)
+
+    monkeypatch.setattr(Trainer, "train_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        run(["--suite", suite], tmp_path)
+    assert run(["--suite", suite], tmp_path) == 0
+    # steps 0-6 ran, the crash at step 7 lost nothing before the checkpoint at step 6
+    assert steps_run == [0, 1, 2, 3, 4, 5, 6, "died", 6, 7, 8]
+    summary = json.loads(summaries(tmp_path)[0].read_text())
+    assert summary["steps"] == 9
+    curve = store.read_jsonl(summaries(tmp_path)[0].parent / "metrics.jsonl")
+    assert [r["step"] for r in curve] == [3, 6, 9]
+
+
+def test_nan_loss_marks_the_run_diverged_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    import harness.train as train_module
+    real_loss = train_module.target_loss
+
+    def nan_for_gradmem(logits, batch):
+        loss = real_loss(logits, batch)
+        return loss * float("nan") if logits.shape[-1] and _is_gradmem[0] else loss
+
+    _is_gradmem = [False]
+    real_execute = runner.execute_run
+
+    def execute(spec, *args, **kwargs):
+        _is_gradmem[0] = spec.method["name"] == "gradmem"
+        return real_execute(spec, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "target_loss", nan_for_gradmem)
+    monkeypatch.setattr(runner, "execute_run", execute)
+    assert run(["--suite", write_suite(tmp_path)], tmp_path) == 0
+    results = {json.loads(p.read_text())["spec"]["method"]["name"]: json.loads(p.read_text()) for p in summaries(tmp_path)}
+    assert results["gradmem"]["status"] == "diverged" and results["gradmem"]["diverged_step"] == 1
+    assert results["full_context"]["status"] == "finished"

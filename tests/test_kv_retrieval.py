@@ -1,0 +1,94 @@
+"""KV retrieval generator: format, lengths, determinism, disjoint splits, unique keys, scoring."""
+import re
+
+import pytest
+import torch
+
+from harness.data import collate
+from harness.errors import HarnessError
+from harness.evaluate import exact_match, token_accuracy
+from tests.conftest import make_task
+
+
+def test_paper_format_matches_the_paper(paper_task):
+    examples = paper_task.examples("train", 50, 0)
+    pair = r"!([a-zA-Z0-9]{2}):([a-zA-Z0-9]{2})!"
+    for example in examples:
+        assert re.fullmatch(f"({pair}){{4}}\\|", example.context)
+        assert len(example.context) == 7 * 4 + 1
+        pairs = dict(re.findall(pair, example.context))
+        assert len(pairs) == 4, "keys are unique within a context"
+        assert sorted(q.text[2:4] for q in example.queries) == sorted(pairs), "every key is asked"
+        for query in example.queries:
+            assert re.fullmatch(r"\?![a-zA-Z0-9]{2}:", query.text)
+            assert query.target == pairs[query.text[2:4]] + "!|"
+    assert paper_task.tokenizer.vocab_size == 70
+
+
+@pytest.mark.parametrize("pairs", [1, 16, 64])
+def test_context_length_is_7n_plus_1(pairs):
+    task = make_task(pairs=pairs)
+    example = task.examples("test", 1, 3)[0]
+    assert len(example.context) == 7 * pairs + 1
+    assert len(task.tokenizer.encode(example.context)) == 7 * pairs + 1
+    assert task.max_lengths() == (7 * pairs + 1, 9)
+
+
+def test_compact_format_uses_disjoint_key_and_value_symbols(compact_task):
+    for example in compact_task.examples("train", 20, 0):
+        tokens = example.context.split()
+        keys, values = tokens[0::2], tokens[1::2]
+        assert all(k.startswith("K") for k in keys) and all(v.startswith("V") for v in values)
+        assert len(set(keys)) == len(keys) == 3
+        answers = dict(zip(keys, values))
+        assert {q.text: q.target for q in example.queries} == answers
+
+
+def test_generation_is_deterministic_per_seed_and_splits_are_disjoint():
+    task = make_task(format="compact", pairs=2, key_length=1, value_length=1, key_symbols=4, value_symbols=4)
+    assert task.examples("train", 30, 5) == task.examples("train", 30, 5)
+    assert task.examples("train", 30, 5) != task.examples("train", 30, 6)
+    contexts = {split: {e.context for e in task.examples(split, 60, 0)} for split in ("train", "valid", "test")}
+    assert not contexts["train"] & contexts["valid"]
+    assert not contexts["train"] & contexts["test"]
+    assert not contexts["valid"] & contexts["test"]
+
+
+def test_impossible_tasks_are_rejected():
+    with pytest.raises(HarnessError, match="distinct keys"):
+        make_task(format="compact", pairs=9, key_length=1, key_symbols=8)
+    with pytest.raises(HarnessError, match="alphabet"):
+        make_task(alphabet=63)
+
+
+def test_exact_match_scores_value_characters_only(paper_task):
+    example = paper_task.examples("test", 1, 0)[0]
+    batch = collate([example], paper_task, 1)
+    scored = batch.read_ids[batch.score_mask]
+    assert paper_task.tokenizer.decode(scored) == example.queries[0].target[:2]
+    predictions = batch.read_ids.clone()
+    target_positions = batch.target_mask.nonzero()[:, 1]
+    predictions[0, target_positions[-1]] = 1          # wrong '|' does not count
+    assert exact_match(predictions, batch.read_ids, batch.score_mask).item() == 1.0
+    predictions[0, target_positions[0]] = 1           # wrong first value character does
+    assert exact_match(predictions, batch.read_ids, batch.score_mask).item() == 0.0
+
+
+def test_metrics_on_hand_made_cases():
+    targets = torch.tensor([[5, 6, 7], [5, 6, 7], [5, 6, 7]])
+    score = torch.tensor([[False, True, True]] * 3)
+    predictions = torch.tensor([[0, 6, 7], [5, 6, 0], [5, 0, 0]])
+    assert exact_match(predictions, targets, score).tolist() == [1.0, 0.0, 0.0]
+    assert token_accuracy(predictions, targets, score) == pytest.approx(3 / 6)
+    assert exact_match(predictions, targets, torch.zeros_like(score)).tolist() == [0.0] * 3
+
+
+def test_collate_aligns_targets_and_contexts(compact_task):
+    examples = compact_task.examples("train", 2, 0)
+    batch = collate(examples, compact_task, "all")
+    assert batch.context_index.tolist() == [0, 0, 0, 1, 1, 1]
+    codec = compact_task.tokenizer
+    for row, (i, query) in enumerate((i, q) for i, e in enumerate(examples) for q in e.queries):
+        assert codec.decode(batch.read_ids[row][batch.target_mask[row]]) == query.target
+        assert codec.decode(batch.read_ids[row][batch.read_mask[row] & ~batch.target_mask[row]]) == query.text
+    assert collate(examples, compact_task, 1).context_index.tolist() == [0, 1]

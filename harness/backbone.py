@@ -183,8 +183,9 @@ def build_backbone(config: dict | BackboneConfig, vocab_size: int) -> Backbone:
             vocab_size=vocab_size, hidden_size=config.hidden, num_hidden_layers=config.layers,
             state_size=config.state_size, expand=config.expand, conv_kernel=config.conv_kernel,
             tie_word_embeddings=False, pad_token_id=0, bos_token_id=None, eos_token_id=None,
-            use_mambapy=False)
+            use_mambapy=False, residual_in_fp32=False)
         model = MambaForCausalLM(hf_config)
+        _replace_rms_norms(model)
     else:
         raise HarnessError(f"unknown backbone arch {config.arch!r}; valid: llama, mamba")
     return Backbone(model, config)

@@ -285,6 +285,10 @@ def check_feasible(spec: RunSpec) -> None:
         task = task_cls(build(task_cls.Config, task_values, f"task {spec.task['name']} (curriculum stage {stage})"))
         context_len, read_len = task.max_lengths()
         method_cls = registry.get_method(spec.method["name"])
+        arch = spec.backbone.get("arch", "llama")
+        if arch not in method_cls.archs:
+            raise HarnessError(f"method {method_cls.name!r} needs a backbone arch in {list(method_cls.archs)}, "
+                               f"got {arch!r}; set backbone.arch in its run")
         needed = method_cls.sequence_length(spec.method, context_len, read_len) \
             if hasattr(method_cls, "sequence_length") else context_len + read_len
         limit = max_positions(spec.backbone)

@@ -70,6 +70,7 @@ class Method(nn.Module, abc.ABC):
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     Config: ClassVar[type] = None
+    archs: ClassVar[tuple[str, ...]] = ("llama",)   # backbone architectures it works with
 
     def __init__(self, config, backbone):
         super().__init__()

@@ -21,11 +21,14 @@ def make_task(**params):
     return cls(build(cls.Config, params, "task"))
 
 
+TINY_BACKBONE = {"layers": 2, "hidden": 16, "heads": 2, "ffn": 32, "max_positions": 512}
+
+
 def make_method(name, task, dtype=torch.float32, backbone=None, seed=0, **params):
+    """A method of the registry on a tiny backbone of the architecture it needs."""
     torch.manual_seed(seed)
-    backbone = backbone or build_backbone({"layers": 2, "hidden": 16, "heads": 2, "ffn": 32,
-                                           "max_positions": 512}, task.tokenizer.vocab_size)
     cls = get_method(name)
+    backbone = backbone or build_backbone({**TINY_BACKBONE, "arch": cls.archs[0]}, task.tokenizer.vocab_size)
     return cls(build(cls.Config, params, "method"), backbone).to(dtype)
 
 

@@ -1,0 +1,76 @@
+"""RMT, the forward-only recurrent writer, and its repeated-forward variant (RMT xK).
+
+WRITE runs the backbone on [M; context; M]: the trailing m slots are placed right after each
+context's real tokens (so right padding stays at the end and positions skip nothing), and the
+new memory is the last-layer hidden states (after the final norm) at those slots. With
+`write_passes` = k the same context is read k times, each pass fed the previous memory.
+READ is [M; query; target], as for GradMem. A learned linear map on the memory input (identity
+init) is on by default: the official RMT stays at chance without it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from harness.contract import Memory
+from harness.errors import HarnessError
+from harness.registry import register_method
+from methods._prefix import PrefixMemoryMethod
+
+
+@dataclass
+class RMTConfig:
+    memory_size: int = 8
+    write_passes: int = 1       # the paper's "RMT xK": 1..5
+    memory_map: bool = True     # learned linear map on the memory input, identity init
+    residual: bool = False      # new memory = previous + written states
+    init_std: float = 0.02
+
+    def validate(self, where):
+        if self.memory_size < 1:
+            raise HarnessError(f"{where}.memory_size = {self.memory_size} must be >= 1")
+        if self.write_passes < 1:
+            raise HarnessError(f"{where}.write_passes = {self.write_passes} must be >= 1")
+
+
+def write_slot_sequence(memory_inputs: torch.Tensor, context_embeddings: torch.Tensor,
+                        lengths: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """[M; C; M] per example with the trailing slots right after the real context tokens.
+
+    Returns the (B, 2m + Lc, d) inputs and the (rows, positions) index of the trailing slots.
+    """
+    batch, m, _ = memory_inputs.shape
+    sequence = torch.cat([memory_inputs, context_embeddings, torch.zeros_like(memory_inputs)], dim=1)
+    positions = m + lengths[:, None] + torch.arange(m, device=lengths.device)
+    rows = torch.arange(batch, device=lengths.device)[:, None].expand(-1, m)
+    return sequence.index_put((rows, positions), memory_inputs), (rows, positions)
+
+
+@register_method
+class RMT(PrefixMemoryMethod):
+    name = "rmt"
+    summary = "m memory vectors written by forward passes over [M; C; M] (m*d floats); write_passes = RMT xK"
+    Config = RMTConfig
+
+    def write_pass(self, memory: torch.Tensor, context_ids: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
+        inputs, slots = write_slot_sequence(self.memory_embeddings(memory), self.backbone.embed(context_ids),
+                                            context_mask.sum(1))
+        hidden, _ = self.backbone.hidden(inputs)
+        written = hidden[slots]
+        return memory + written if self.config.residual else written
+
+    def write(self, context_ids, context_mask, write_steps=None) -> Memory:
+        passes = self.config.write_passes if write_steps is None else write_steps
+        if passes < 1:
+            raise HarnessError(f"write_passes = {passes} must be >= 1")
+        memory = self.initial_memory.unsqueeze(0).expand(len(context_ids), -1, -1)
+        for _ in range(passes):
+            memory = self.write_pass(memory, context_ids, context_mask)
+        return Memory(state=memory, floats=self.memory_floats(), log={"write_passes": passes})
+
+    def eval_write_steps(self):
+        return [self.config.write_passes]
+
+    def write_passes(self, write_steps=None):
+        return {"forward": self.config.write_passes if write_steps is None else write_steps, "backward": 0}

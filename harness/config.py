@@ -217,6 +217,24 @@ def _check_keys(mapping, valid, where):
             raise HarnessError(f"unknown key {key!r} in {where}; valid: {', '.join(valid)}")
 
 
+def _shared_method_defaults(base: dict, run: dict, suite: str) -> dict:
+    """`base.method` holds options shared by several methods (e.g. memory_size): each run keeps
+    those its method has. A key no registered method has is an error."""
+    shared = dict(base.get("method") or {})
+    if not shared:
+        return base
+    registry.discover()
+    known = {f.name for cls in registry.METHODS.values() for f in dataclasses.fields(cls.Config)} | {"name"}
+    for key in shared:
+        if key not in known:
+            raise HarnessError(f"unknown key {key!r} in suite {suite} base.method; no method has it")
+    method_name = (run.get("method") or {}).get("name", shared.get("name"))
+    if method_name is None:
+        return base
+    fields = {f.name for f in dataclasses.fields(registry.get_method(method_name).Config)}
+    return {**base, "method": {k: v for k, v in shared.items() if k in fields or k == "name"}}
+
+
 def load_suite(name: str) -> dict:
     path = registry.suite_path(name)
     try:
@@ -258,7 +276,7 @@ def expand_suite(name: str, scale: str, methods: list[str] | None = None,
     for index, run in enumerate(runs):
         _check_keys(run, SECTIONS, f"suite {name} run {index}")
         for combo in itertools.product(*(sweep[k] for k in sweep_keys)):
-            tree = deep_merge(base, run)
+            tree = deep_merge(_shared_method_defaults(base, run, name), run)
             for key, value in zip(sweep_keys, combo):
                 _set_path(tree, key, value, f"suite {name}")
             if methods and tree.get("method", {}).get("name") not in methods:

@@ -98,6 +98,7 @@ def execute_run(spec: RunSpec, out: Path, device: str = "cpu", cache_dir: Path =
                "wall_seconds": time.time() - started, "device": device, "versions": versions(),
                "spec": spec.to_dict()}
     store.write_json(directory / "summary.json", summary)
+    trainer.discard_resume_point()  # finished: a later run of this spec starts afresh
     return RunOutcome(spec.run_id, spec.label(), result["status"], summary["wall_seconds"])
 
 

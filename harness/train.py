@@ -76,6 +76,12 @@ class Trainer:
         if self.state["best_state"] is not None:
             torch.save(self.state["best_state"], path.with_name(f"best_stage{self.state['stage']}.pt"))
 
+    def discard_resume_point(self) -> None:
+        """Drop the resume checkpoint (the best weights of each stage stay)."""
+        path = self._checkpoint_path()
+        if path is not None:
+            path.unlink(missing_ok=True)
+
     def try_resume(self) -> bool:
         path = self._checkpoint_path()
         if path is None or not path.exists():

@@ -1,0 +1,126 @@
+"""One function per figure; each reads the results DataFrame and writes one PNG, titled with the
+scale that produced it."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from harness.report import REFERENCE, capacity, capacity_frame, method_label  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    log.info("wrote %s", path)
+    return path
+
+
+def _paper_reference() -> pd.DataFrame:
+    paper = pd.read_csv(REFERENCE / "paper_table1_kv.csv", comment="#")
+    paper["label"] = [("rmt x%d" % k if m == "rmt" else f"gradmem K={k}" if m == "gradmem" else m)
+                      for m, k in zip(paper.method, paper.write_steps)]
+    return paper
+
+
+def exact_match_vs_pairs(frame: pd.DataFrame, scale: str, out: Path) -> Path | None:
+    """Figure 3: exact match versus number of pairs, one line per method (mean ± std over seeds)."""
+    table = capacity_frame(frame[frame["suite"] == "capacity"]) if not frame.empty else frame
+    table = table[table["scale"] == scale] if not table.empty else table
+    if table.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 5))
+    palette = dict(zip(sorted(table["label"].unique()), sns.color_palette("tab20", table["label"].nunique())))
+    for label, group in table.groupby("label"):
+        group = group.sort_values("task.pairs")
+        ax.errorbar(group["task.pairs"], 100 * group["em_mean"], yerr=100 * group["em_std"].fillna(0),
+                    marker="o", label=label, color=palette[label], capsize=3)
+    if scale == "paper":
+        for label, group in _paper_reference().groupby("label"):
+            ax.plot(group["pairs"], group["em_mean"], ls="--", alpha=0.3, color=palette.get(label, "grey"))
+    seeds = int(table["seeds"].max())
+    ax.set(xscale="log", xlabel="pairs in the context", ylabel="exact match (%)", ylim=(-2, 102),
+           title=f"KV retrieval capacity, {scale} scale ({seeds} seed{'s' if seeds > 1 else ''})"
+                 + (" — dashed: paper" if scale == "paper" else ""))
+    pairs = sorted(table["task.pairs"].unique())
+    ax.set_xticks(pairs, [str(int(p)) for p in pairs])
+    ax.axhline(90, color="grey", lw=0.5, ls=":")
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, out / f"capacity_{scale}.png")
+
+
+def capacity_vs_memory(frame: pd.DataFrame, scale: str, out: Path) -> Path | None:
+    """Capacity (largest pairs with exact match >= 90%) versus memory size in floats, every method."""
+    subset = frame[frame["suite"].isin(["capacity", "memsize"])] if not frame.empty else frame
+    subset = subset[subset["scale"] == scale] if not subset.empty else subset
+    if subset.empty:
+        return None
+    subset = subset.assign(label=subset.apply(method_label, axis=1)
+                           + subset.get("method.memory_size", pd.Series(index=subset.index, dtype=float))
+                           .map(lambda m: "" if pd.isna(m) else f" m={int(m)}"))
+    rows = []
+    for (label, floats), group in subset.groupby(["label", "memory_floats"]):
+        cap = capacity(group)
+        if not cap.empty:
+            rows.append({"label": label.split(" m=")[0], "floats": floats, "capacity": int(cap["capacity"].max())})
+    points = pd.DataFrame(rows)
+    if points.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for label, group in points.groupby("label"):
+        group = group.sort_values("floats")
+        ax.plot(group["floats"].clip(lower=1), group["capacity"], marker="o", label=label)
+    ax.set(xscale="log", xlabel="memory size (floats, log)", ylabel="capacity: largest pairs with EM ≥ 90%",
+           title=f"Capacity versus memory size, {scale} scale")
+    ax.legend(fontsize=7)
+    return _save(fig, out / f"capacity_vs_memory_{scale}.png")
+
+
+def steps_heatmap(frame: pd.DataFrame, scale: str, out: Path) -> Path | None:
+    """Figure 4a: exact match over (trained setting, evaluation write steps), training K boxed."""
+    subset = frame[(frame["suite"] == "steps") & (frame["scale"] == scale)] if not frame.empty else frame
+    if subset.empty:
+        return None
+    subset = subset[subset["eval_write_steps"] != "default"].copy()
+    subset["k_eval"] = subset["eval_write_steps"].astype(int)
+    subset["setting"] = [f"{int(p)} pairs, K_train={int(k)}" for p, k in zip(subset["task.pairs"], subset["method.write_steps"])]
+    grid = subset.groupby(["setting", "k_eval"])["exact_match"].mean().unstack() * 100
+    fig, ax = plt.subplots(figsize=(1 + 0.7 * grid.shape[1], 1 + 0.5 * grid.shape[0]))
+    sns.heatmap(grid, annot=True, fmt=".1f", cmap="viridis", vmin=0, vmax=100, ax=ax, cbar_kws={"label": "EM (%)"})
+    for row, setting in enumerate(grid.index):
+        trained = int(setting.split("K_train=")[1])
+        if trained in grid.columns:
+            col = list(grid.columns).index(trained)
+            ax.add_patch(plt.Rectangle((col, row), 1, 1, fill=False, edgecolor="red", lw=2))
+    ax.set(xlabel="write steps at evaluation", ylabel="",
+           title=f"More write steps at evaluation, same weights ({scale} scale; red: K_train)")
+    return _save(fig, out / f"steps_heatmap_{scale}.png")
+
+
+def em_vs_inner_loss(frame: pd.DataFrame, scale: str, out: Path) -> Path | None:
+    """Figure 4b: exact match versus the WRITE loss after the last write step."""
+    subset = frame[(frame["suite"] == "steps") & (frame["scale"] == scale)] if not frame.empty else frame
+    if subset.empty or "final_inner_loss" not in subset:
+        return None
+    subset = subset.dropna(subset=["final_inner_loss"])
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    sns.scatterplot(data=subset.assign(K_train=subset["method.write_steps"].astype(int).astype(str),
+                                       pairs=subset["task.pairs"].astype(int).astype(str)),
+                    x="final_inner_loss", y=subset["exact_match"] * 100, hue="K_train", style="pairs", ax=ax)
+    ax.set(xlabel="inner (WRITE) loss after the last step", ylabel="exact match (%)",
+           title=f"Exact match versus inner loss ({scale} scale)")
+    return _save(fig, out / f"em_vs_inner_loss_{scale}.png")
+
+
+FIGURES = (exact_match_vs_pairs, capacity_vs_memory, steps_heatmap, em_vs_inner_loss)

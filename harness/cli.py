@@ -65,6 +65,8 @@ def print_plan(specs, out: Path) -> None:
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    import transformers
+    transformers.logging.set_verbosity_error()
     try:
         for plugin in args.plugin:
             registry.load_plugin(plugin)

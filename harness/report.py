@@ -12,7 +12,7 @@ REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference"
 
 
 def _param(row, key):
-    value = row.get(f"method.{key}")
+    value = row.get(f"method.{key}") if hasattr(row, "get") else None
     return None if value is None or (isinstance(value, float) and np.isnan(value)) else value
 
 
@@ -88,11 +88,19 @@ def table1_markdown(frame: pd.DataFrame, scale: str) -> str:
     return wide.reset_index().rename(columns={"label": "method"}).to_markdown(index=False) + "\n"
 
 
+def paper_table1() -> pd.DataFrame:
+    """The paper's Table 1 (results/reference/paper_table1_kv.csv) with our method labels."""
+    paper = pd.read_csv(REFERENCE / "paper_table1_kv.csv", comment="#")
+    names = {"gradmem_first_order": "first", "gradmem": "second"}
+    paper["label"] = [method_label({"method": "gradmem" if m in names else m, "method.order": names.get(m),
+                                    "method.write_steps": k, "method.write_passes": k})
+                      for m, k in zip(paper.method, paper.write_steps)]
+    return paper
+
+
 def paper_table1_markdown() -> str:
     """The paper's Table 1 in the same layout."""
-    paper = pd.read_csv(REFERENCE / "paper_table1_kv.csv", comment="#")
-    paper["label"] = [("rmt x%d" % k if m == "rmt" else f"gradmem K={k}" if m == "gradmem" else m)
-                      for m, k in zip(paper.method, paper.write_steps)]
+    paper = paper_table1()
     paper["cell"] = [f"{m:.1f} ± {s:.1f}" for m, s in zip(paper.em_mean, paper.em_std)]
     wide = paper.pivot(index="label", columns="pairs", values="cell").fillna("")
     wide.columns = [f"{c} pairs" for c in wide.columns]

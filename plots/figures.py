@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from harness.report import REFERENCE, capacity, capacity_frame, method_label  # noqa: E402
+from harness.report import capacity, capacity_frame, method_label, paper_table1  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -25,13 +25,6 @@ def _save(fig, path: Path) -> Path:
     plt.close(fig)
     log.info("wrote %s", path)
     return path
-
-
-def _paper_reference() -> pd.DataFrame:
-    paper = pd.read_csv(REFERENCE / "paper_table1_kv.csv", comment="#")
-    paper["label"] = [("rmt x%d" % k if m == "rmt" else f"gradmem K={k}" if m == "gradmem" else m)
-                      for m, k in zip(paper.method, paper.write_steps)]
-    return paper
 
 
 def exact_match_vs_pairs(frame: pd.DataFrame, scale: str, out: Path) -> Path | None:
@@ -47,7 +40,7 @@ def exact_match_vs_pairs(frame: pd.DataFrame, scale: str, out: Path) -> Path | N
         ax.errorbar(group["task.pairs"], 100 * group["em_mean"], yerr=100 * group["em_std"].fillna(0),
                     marker="o", label=label, color=palette[label], capsize=3)
     if scale == "paper":
-        for label, group in _paper_reference().groupby("label"):
+        for label, group in paper_table1().groupby("label"):
             ax.plot(group["pairs"], group["em_mean"], ls="--", alpha=0.3, color=palette.get(label, "grey"))
     seeds = int(table["seeds"].max())
     ax.set(xscale="log", xlabel="pairs in the context", ylabel="exact match (%)", ylim=(-2, 102),

@@ -98,6 +98,9 @@ class Method(nn.Module, abc.ABC):
         return {"forward": 1, "backward": 0}
 
 
+ROLE_NAMES = ("other", "key", "value")   # roles of context tokens, for the inner-loss split
+
+
 class Task(abc.ABC):
     """A task family: seeded examples per split, a tokenizer, and what exact match scores."""
     name: ClassVar[str] = ""
@@ -119,6 +122,10 @@ class Task(abc.ABC):
     def score_mask(self, target_ids: Sequence[int]) -> list[bool]:
         """Which target tokens exact match scores (default: all)."""
         return [True] * len(target_ids)
+
+    def context_roles(self, context_ids: Sequence[int]) -> list[int]:
+        """Role of each context token, as an index into ROLE_NAMES (default: all 'other')."""
+        return [0] * len(context_ids)
 
     def max_lengths(self) -> tuple[int, int]:
         """Upper bounds (context tokens, query+target tokens) for validation against the backbone."""

@@ -59,6 +59,7 @@ class Batch:
     target_mask: torch.Tensor     # (Q, Lr) bool, True on target tokens (the loss)
     score_mask: torch.Tensor      # (Q, Lr) bool, True on target tokens exact match scores
     context_index: torch.Tensor   # (Q,) long: the context of each read
+    context_roles: torch.Tensor   # (B, Lc) long: role of each context token (contract.ROLE_NAMES)
 
     def to(self, device) -> "Batch":
         return Batch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
@@ -95,5 +96,6 @@ def collate(examples: Sequence[Example], task, queries_per_context: int | str = 
     read_ids, read_mask = _pad(reads, codec.pad_id)
     target_mask = _pad([[int(t) for t in row] for row in targets], 0)[0].bool()
     score_mask = _pad([[int(s) for s in row] for row in scores], 0)[0].bool()
+    context_roles = _pad([task.context_roles(c) for c in contexts], 0)[0]
     return Batch(context_ids, context_mask, read_ids, read_mask, target_mask, score_mask,
-                 torch.tensor(index, dtype=torch.long))
+                 torch.tensor(index, dtype=torch.long), context_roles)

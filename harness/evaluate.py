@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-from harness.contract import Example, Method
+from harness.contract import ROLE_NAMES, Example, Method
 from harness.data import Batch, collate
 from harness.pipeline import write_then_read
 
@@ -41,6 +41,28 @@ def greedy_generate(method: Method, memory, batch: Batch) -> torch.Tensor:
     return generated
 
 
+def _role_losses(token_losses: list[torch.Tensor], batch: Batch) -> dict:
+    """Sums and counts of the WRITE loss per step over all real tokens and per token role."""
+    masks = {"all": batch.context_mask}
+    masks.update({role: batch.context_mask & (batch.context_roles == i)
+                  for i, role in enumerate(ROLE_NAMES) if role != "other"})
+    return {role: ([(loss * mask).sum().item() for loss in token_losses], mask.sum().item())
+            for role, mask in masks.items()}
+
+
+def _merge_role_losses(parts: list[dict]) -> dict:
+    """Token-weighted mean WRITE loss per step: 'inner_loss' (all tokens), 'inner_loss_key', ..."""
+    out = {}
+    for role in parts[0]:
+        count = sum(p[role][1] for p in parts)
+        if count == 0:
+            continue
+        steps = len(parts[0][role][0])
+        name = "inner_loss" if role == "all" else f"inner_loss_{role}"
+        out[name] = [sum(p[role][0][i] for p in parts) / count for i in range(steps)]
+    return out
+
+
 def evaluate(method: Method, task, examples: Sequence[Example], write_steps: Sequence[int | None] = (None,),
              batch_size: int = 128, queries_per_context: int | str = 1, generate: bool = False,
              device: str | torch.device = "cpu") -> dict:
@@ -71,8 +93,8 @@ def evaluate(method: Method, task, examples: Sequence[Example], write_steps: Seq
                     generated = greedy_generate(method, per_query, batch)
                     gen_em += exact_match(generated, batch.read_ids, batch.score_mask).sum().item()
                 reads += len(batch.read_ids)
-                if "inner_loss" in memory.log:
-                    inner.append((len(batch.context_ids), memory.log["inner_loss"]))
+                if memory.log.get("token_loss"):
+                    inner.append(_role_losses(memory.log["token_loss"], batch))
             key = "default" if steps is None else str(steps)
             results[key] = {
                 "exact_match": em / reads,
@@ -87,9 +109,7 @@ def evaluate(method: Method, task, examples: Sequence[Example], write_steps: Seq
             if generate:
                 results[key]["generation_exact_match"] = gen_em / reads
             if inner:
-                total = sum(n for n, _ in inner)
-                results[key]["inner_loss"] = [sum(n * losses[i] for n, losses in inner) / total
-                                              for i in range(len(inner[0][1]))]
+                results[key].update(_merge_role_losses(inner))
     finally:
         method.train(was_training)
     return results

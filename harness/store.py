@@ -76,8 +76,9 @@ def summary_rows(summary: dict) -> list[dict]:
                    "stage_steps": stage["steps"], "best_valid_em": stage["best_valid_em"],
                    "eval_write_steps": steps}
             row.update({k: v for k, v in metrics.items() if not isinstance(v, (list, dict))})
-            if "inner_loss" in metrics:
-                row["final_inner_loss"] = metrics["inner_loss"][-1] if metrics["inner_loss"] else None
+            for name, values in metrics.items():
+                if name.startswith("inner_loss") and values:
+                    row[f"final_{name}"] = values[-1]
             rows.append(row)
     if not rows:
         rows.append(base)

@@ -71,13 +71,17 @@ class GradMem(PrefixMemoryMethod):
     def inner_lr(self) -> torch.Tensor:
         return self.log_inner_lr.exp()
 
-    def write_loss(self, memory: torch.Tensor, context_ids: torch.Tensor,
-                   context_mask: torch.Tensor) -> torch.Tensor:
-        """L_write per example (B,): mean next-token cross-entropy over its real context tokens."""
+    def token_losses(self, memory: torch.Tensor, context_ids: torch.Tensor) -> torch.Tensor:
+        """Next-token cross-entropy of every context token given [M; C] (B, Lc), WRITE head."""
         hidden = self.prefix_hidden(memory, context_ids)
         head = self.write_head if self.write_head is not None else self.backbone.lm_head
         logits = at_least_fp32(head(hidden))
-        token_loss = F.cross_entropy(logits.transpose(1, 2), context_ids, reduction="none")
+        return F.cross_entropy(logits.transpose(1, 2), context_ids, reduction="none")
+
+    def write_loss(self, memory: torch.Tensor, context_ids: torch.Tensor,
+                   context_mask: torch.Tensor, token_loss: torch.Tensor | None = None) -> torch.Tensor:
+        """L_write per example (B,): mean next-token cross-entropy over its real context tokens."""
+        token_loss = self.token_losses(memory, context_ids) if token_loss is None else token_loss
         mask = context_mask.to(token_loss.dtype)
         return (token_loss * mask).sum(1) / mask.sum(1).clamp(min=1)
 
@@ -99,14 +103,16 @@ class GradMem(PrefixMemoryMethod):
         memory = self.initial_memory.unsqueeze(0).expand(batch, -1, -1)
         if not meta:
             memory = memory.detach()
-        losses, grad_norms = [], []
+        losses, token_losses, grad_norms = [], [], []
         for _ in range(steps):
             with torch.enable_grad():
                 point = memory if second_order else memory.detach().requires_grad_(True)
-                per_example = self.write_loss(point, context_ids, context_mask)
+                token_loss = self.token_losses(point, context_ids)
+                per_example = self.write_loss(point, context_ids, context_mask, token_loss)
                 (grad,) = torch.autograd.grad(per_example.sum(), point, create_graph=second_order)
             grad = self._clip(grad)
             losses.append(per_example.detach())
+            token_losses.append(token_loss.detach())
             grad_norms.append(grad.detach().flatten(1).norm(dim=1))
             alpha = self.inner_lr if meta else self.inner_lr.detach()
             memory = memory - alpha * grad
@@ -114,9 +120,13 @@ class GradMem(PrefixMemoryMethod):
                 memory = memory.detach()
         if meta and order == "none":
             memory = memory.detach()
-        log = {"inner_loss": [l.mean().item() for l in losses],
+        if not meta:  # evaluation also logs the WRITE loss at the final memory
+            with torch.no_grad():
+                token_losses.append(self.token_losses(memory, context_ids))
+                losses.append(self.write_loss(memory, context_ids, context_mask, token_losses[-1]))
+        log = {"inner_loss": [l.mean().item() for l in losses],      # at M_0 .. M_K (M_K: evaluation only)
                "grad_norm": [g.mean().item() for g in grad_norms],
-               "inner_loss_per_example": losses}
+               "token_loss": token_losses}
         return Memory(state=memory, floats=self.memory_floats(), log=log)
 
     def eval_write_steps(self):

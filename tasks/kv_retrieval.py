@@ -124,6 +124,15 @@ class KVRetrieval(Task):
         value_tokens = self.config.value_length
         return [i < value_tokens for i in range(len(target_ids))]
 
+    def context_roles(self, context_ids: Sequence[int]) -> list[int]:
+        c = self.config
+        if c.format == "compact":
+            chunk = [1] * c.key_length + [2] * c.value_length
+        else:
+            chunk = [0] + [1] * c.key_length + [0] + [2] * c.value_length + [0]
+        roles = chunk * c.pairs
+        return (roles + [0] * len(context_ids))[:len(context_ids)]
+
     def max_lengths(self) -> tuple[int, int]:
         c = self.config
         if c.format == "paper":

@@ -100,7 +100,7 @@ def test_zero_write_steps_reads_initial_memory(compact_task):
     batch = _batch(compact_task)
     memory = method.write(*_ctx(batch), write_steps=0)
     assert torch.equal(memory.state, method.initial_memory.detach().expand_as(memory.state))
-    assert memory.log["inner_loss"] == []
+    assert len(memory.log["inner_loss"]) == 1  # the WRITE loss at M_0
 
 
 def test_evaluation_builds_no_graph_and_accepts_other_step_counts(compact_task):
@@ -109,7 +109,7 @@ def test_evaluation_builds_no_graph_and_accepts_other_step_counts(compact_task):
     for steps in (1, 3, 5):
         memory = method.write(*_ctx(batch), write_steps=steps)
         assert memory.state.grad_fn is None and not memory.state.requires_grad
-        assert len(memory.log["inner_loss"]) == steps
+        assert len(memory.log["inner_loss"]) == steps + 1  # at M_0 .. M_K
     with torch.no_grad():
         memory = method.write(*_ctx(batch), write_steps=2)
     assert memory.state.grad_fn is None
@@ -117,9 +117,12 @@ def test_evaluation_builds_no_graph_and_accepts_other_step_counts(compact_task):
 
 
 def test_inner_steps_lower_the_write_loss_and_clip_bounds_the_step(compact_task):
+    batch = _batch(compact_task)
+    small_steps = make_method("gradmem", compact_task, torch.float64, memory_size=2, inner_lr=0.05).eval()
+    losses = small_steps.write(*_ctx(batch), write_steps=3).log["inner_loss"]
+    assert losses[0] > losses[1] > losses[2] > losses[3]
     method = make_method("gradmem", compact_task, torch.float64, memory_size=2, inner_lr=0.5,
                          inner_grad_clip=0.01).eval()
-    batch = _batch(compact_task)
     memory = method.write(*_ctx(batch), write_steps=1)
     step = (memory.state - method.initial_memory.detach()).flatten(1).norm(dim=1)
     assert torch.all(step <= 0.5 * 0.01 + 1e-9)

@@ -92,3 +92,23 @@ def test_collate_aligns_targets_and_contexts(compact_task):
         assert codec.decode(batch.read_ids[row][batch.target_mask[row]]) == query.target
         assert codec.decode(batch.read_ids[row][batch.read_mask[row] & ~batch.target_mask[row]]) == query.text
     assert collate(examples, compact_task, 1).context_index.tolist() == [0, 1]
+
+
+def test_context_roles_mark_key_and_value_tokens(paper_task, compact_task):
+    from harness.contract import ROLE_NAMES
+    example = paper_task.examples("test", 1, 0)[0]
+    roles = paper_task.context_roles(paper_task.tokenizer.encode(example.context))
+    named = "".join(ROLE_NAMES[r][0] for r in roles)
+    assert named == "okkovvo" * 4 + "o"
+    example = compact_task.examples("test", 1, 0)[0]
+    assert compact_task.context_roles(compact_task.tokenizer.encode(example.context)) == [1, 2] * 3
+
+
+def test_evaluation_reports_the_write_loss_per_step_and_role(paper_task):
+    from harness.evaluate import evaluate
+    from tests.conftest import make_method
+    method = make_method("gradmem", paper_task, memory_size=2)
+    metrics = evaluate(method, paper_task, paper_task.examples("test", 6, 0), [0, 2], batch_size=4)
+    assert len(metrics["0"]["inner_loss"]) == 1 and len(metrics["2"]["inner_loss_key"]) == 3
+    assert metrics["2"]["inner_loss_value"][0] == metrics["0"]["inner_loss_value"][0]
+    assert set(metrics["2"]) >= {"exact_match", "token_accuracy", "inner_loss", "inner_loss_key", "inner_loss_value"}

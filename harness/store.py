@@ -79,6 +79,7 @@ def summary_rows(summary: dict) -> list[dict]:
             for name, values in metrics.items():
                 if name.startswith("inner_loss") and values:
                     row[f"final_{name}"] = values[-1]
+                    row[f"{name}_by_step"] = values
             rows.append(row)
     if not rows:
         rows.append(base)

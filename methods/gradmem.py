@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from harness.config import non_negative
 from harness.contract import Memory
@@ -37,6 +38,8 @@ class GradMemConfig:
     memory_map: bool = True          # learned linear map on the memory, identity init
     write_head: bool = True          # untied copy of the LM head used only for L_write
     inner_grad_clip: float | None = None  # clip each example's inner gradient to this norm
+    checkpoint_steps: bool = False   # recompute each write step in the outer backward: peak
+                                     # memory stops growing with K, gradients are unchanged
     init_std: float = 0.02
 
     def validate(self, where):
@@ -92,6 +95,17 @@ class GradMem(PrefixMemoryMethod):
         norm = grad.flatten(1).norm(dim=1).clamp(min=1e-12)
         return grad * (limit / norm).clamp(max=1.0)[:, None, None]
 
+    def _inner_step(self, memory, context_ids, context_mask, create_graph: bool, alpha):
+        """M - alpha * grad_M L_write(M); with create_graph the step stays differentiable (MAML)."""
+        with torch.enable_grad():
+            point = memory if create_graph else memory.detach().requires_grad_(True)
+            token_loss = self.token_losses(point, context_ids)
+            per_example = self.write_loss(point, context_ids, context_mask, token_loss)
+            (grad,) = torch.autograd.grad(per_example.sum(), point, create_graph=create_graph)
+        grad = self._clip(grad)
+        return (memory - alpha * grad, per_example.detach(), token_loss.detach(),
+                grad.detach().flatten(1).norm(dim=1))
+
     def write(self, context_ids, context_mask, write_steps=None) -> Memory:
         steps = self.config.write_steps if write_steps is None else write_steps
         if steps < 0:
@@ -104,20 +118,19 @@ class GradMem(PrefixMemoryMethod):
         if not meta:
             memory = memory.detach()
         losses, token_losses, grad_norms = [], [], []
+        alpha = self.inner_lr if meta else self.inner_lr.detach()
         for _ in range(steps):
-            with torch.enable_grad():
-                point = memory if second_order else memory.detach().requires_grad_(True)
-                token_loss = self.token_losses(point, context_ids)
-                per_example = self.write_loss(point, context_ids, context_mask, token_loss)
-                (grad,) = torch.autograd.grad(per_example.sum(), point, create_graph=second_order)
-            grad = self._clip(grad)
-            losses.append(per_example.detach())
-            token_losses.append(token_loss.detach())
-            grad_norms.append(grad.detach().flatten(1).norm(dim=1))
-            alpha = self.inner_lr if meta else self.inner_lr.detach()
-            memory = memory - alpha * grad
+            if second_order and self.config.checkpoint_steps:
+                memory, loss, token_loss, grad_norm = checkpoint(
+                    self._inner_step, memory, context_ids, context_mask, True, alpha, use_reentrant=False)
+            else:
+                memory, loss, token_loss, grad_norm = self._inner_step(
+                    memory, context_ids, context_mask, second_order, alpha)
             if not meta:
                 memory = memory.detach()
+            losses.append(loss)
+            token_losses.append(token_loss)
+            grad_norms.append(grad_norm)
         if meta and order == "none":
             memory = memory.detach()
         if not meta:  # evaluation also logs the WRITE loss at the final memory

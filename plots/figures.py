@@ -89,7 +89,7 @@ def steps_heatmap(frame: pd.DataFrame, scale: str, out: Path) -> Path | None:
     subset["k_eval"] = subset["eval_write_steps"].astype(int)
     subset["setting"] = [f"{int(p)} pairs, K_train={int(k)}" for p, k in zip(subset["task.pairs"], subset["method.write_steps"])]
     grid = subset.groupby(["setting", "k_eval"])["exact_match"].mean().unstack() * 100
-    fig, ax = plt.subplots(figsize=(1 + 0.7 * grid.shape[1], 1 + 0.5 * grid.shape[0]))
+    fig, ax = plt.subplots(figsize=(max(7.0, 2 + 0.7 * grid.shape[1]), 1.5 + 0.5 * grid.shape[0]))
     sns.heatmap(grid, annot=True, fmt=".1f", cmap="viridis", vmin=0, vmax=100, ax=ax, cbar_kws={"label": "EM (%)"})
     for row, setting in enumerate(grid.index):
         trained = int(setting.split("K_train=")[1])
@@ -97,7 +97,7 @@ def steps_heatmap(frame: pd.DataFrame, scale: str, out: Path) -> Path | None:
             col = list(grid.columns).index(trained)
             ax.add_patch(plt.Rectangle((col, row), 1, 1, fill=False, edgecolor="red", lw=2))
     ax.set(xlabel="write steps at evaluation", ylabel="",
-           title=f"More write steps at evaluation, same weights ({scale} scale; red: K_train)")
+           title=f"Exact match (%) with more write steps at evaluation, same weights\n({scale} scale; red box: K used in training)")
     return _save(fig, out / f"steps_heatmap_{scale}.png")
 
 
@@ -116,4 +116,28 @@ def em_vs_inner_loss(frame: pd.DataFrame, scale: str, out: Path) -> Path | None:
     return _save(fig, out / f"em_vs_inner_loss_{scale}.png")
 
 
-FIGURES = (exact_match_vs_pairs, capacity_vs_memory, steps_heatmap, em_vs_inner_loss)
+def inner_loss_by_step(frame: pd.DataFrame, scale: str, out: Path) -> Path | None:
+    """WRITE loss on key and value tokens after each write step (longest evaluation), per K_train."""
+    subset = frame[(frame["suite"] == "steps") & (frame["scale"] == scale)] if not frame.empty else frame
+    if subset.empty or "inner_loss_key_by_step" not in subset:
+        return None
+    subset = subset.dropna(subset=["inner_loss_key_by_step"])
+    subset = subset[subset["eval_write_steps"] != "default"]
+    subset = subset[subset["eval_write_steps"].astype(int) == subset["eval_write_steps"].astype(int).max()]
+    pairs = sorted(subset["task.pairs"].unique())
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4 * len(pairs), 3.8), squeeze=False, sharey=True)
+    for ax, n in zip(axes[0], pairs):
+        for _, row in subset[subset["task.pairs"] == n].iterrows():
+            k_train = int(row["method.write_steps"])
+            for role, style in (("key", "--"), ("value", "-")):
+                values = row[f"inner_loss_{role}_by_step"]
+                ax.plot(range(len(values)), values, ls=style, label=f"K_train={k_train} {role}")
+            ax.axvline(k_train, color="grey", lw=0.5)
+        ax.set(xlabel="write step", title=f"{int(n)} pairs")
+    axes[0][0].set_ylabel("WRITE loss (cross-entropy)")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(f"Inner loss on key and value tokens per write step ({scale} scale)")
+    return _save(fig, out / f"inner_loss_by_step_{scale}.png")
+
+
+FIGURES = (exact_match_vs_pairs, capacity_vs_memory, steps_heatmap, em_vs_inner_loss, inner_loss_by_step)

@@ -133,3 +133,15 @@ def test_negative_write_steps_is_a_harness_error(compact_task):
     method = make_method("gradmem", compact_task)
     with pytest.raises(HarnessError, match="write_steps"):
         method.write(*_ctx(_batch(compact_task)), write_steps=-1)
+
+
+def test_checkpointed_write_steps_give_the_same_meta_gradient(compact_task):
+    batch = _batch(compact_task)
+    grads = []
+    for checkpointed in (False, True):
+        method = make_method("gradmem", compact_task, torch.float64, checkpoint_steps=checkpointed,
+                             inner_grad_clip=5.0, **{**OPTIONS, "write_steps": 3}).train()
+        params = [p for p in method.parameters() if p.requires_grad]
+        grads.append(torch.autograd.grad(_loss(method, batch), params))
+    for plain, checkpointed in zip(*grads):
+        assert torch.allclose(plain, checkpointed, rtol=1e-10, atol=1e-12)

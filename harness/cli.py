@@ -26,6 +26,8 @@ def parse_args(argv):
     parser.add_argument("--cache", default=None, help="checkpoint directory (default: .cache/)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (joblib)")
+    parser.add_argument("--backend", default="loky", help="loky (local processes) | dask")
+    parser.add_argument("--scheduler", help="Dask scheduler address (default: start a local cluster)")
     parser.add_argument("--plugin", action="append", default=[], help="import an outside module that registers methods/tasks")
     parser.add_argument("--dry-run", action="store_true", help="print the runs and their cost; train nothing")
     parser.add_argument("--list", action="store_true", help="print registered methods, tasks and suites")
@@ -92,8 +94,10 @@ def main(argv=None) -> int:
         cache = Path(args.cache) if args.cache else None
         kwargs = {"cache_dir": cache} if cache else {}
         log.info("suite %s at scale %s: %d runs on %s", args.suite, scale, len(specs), device)
-        outcomes = run_specs(specs, out, device, args.jobs, plugins=args.plugin,
-                             progress=not args.quiet, **kwargs)
+        if args.backend not in ("loky", "dask"):
+            raise HarnessError(f"unknown backend {args.backend!r}; valid: loky, dask")
+        outcomes = run_specs(specs, out, device, args.jobs, plugins=args.plugin, backend=args.backend,
+                             progress=not args.quiet, scheduler=args.scheduler, **kwargs)
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

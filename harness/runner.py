@@ -1,6 +1,7 @@
 """Expand a suite into runs, skip finished ones, execute them locally (joblib) and record results."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
@@ -118,10 +119,42 @@ def _run_in_worker(spec_dict: dict, out: str, device: str, cache_dir: str, plugi
         return RunOutcome(spec.run_id, spec.label(), "failed", error=f"{type(error).__name__}: {error}")
 
 
+@contextlib.contextmanager
+def _backend(backend: str, jobs: int, scheduler: str | None):
+    """joblib's local processes (loky), or a Dask cluster: the one at `scheduler`, else a local one."""
+    from joblib import parallel_config
+    if backend == "loky":
+        with parallel_config(backend="loky"):
+            yield jobs
+        return
+    if backend != "dask":
+        raise HarnessError(f"unknown backend {backend!r}; valid: loky, dask")
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError:
+        raise HarnessError("--backend dask needs dask[distributed]: pip install 'dask[distributed]'") from None
+    if scheduler:
+        client = Client(scheduler)
+    else:
+        cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
+                               dashboard_address=None, host="127.0.0.1")
+        client = Client(cluster)
+    try:
+        with parallel_config(backend="dask"):
+            yield -1
+    finally:
+        client.close()
+        if not scheduler:
+            cluster.close()
+
+
 def run_specs(specs: list[RunSpec], out: Path, device: str = "cpu", jobs: int = 1,
               cache_dir: Path = DEFAULT_CACHE, plugins: list[str] | None = None,
-              backend: str = "loky", progress: bool = True) -> list[RunOutcome]:
-    """Run every unfinished spec; finished ones are skipped without building anything."""
+              backend: str = "loky", progress: bool = True, scheduler: str | None = None) -> list[RunOutcome]:
+    """Run every unfinished spec; finished ones are skipped without building anything.
+
+    A run that raises is reported as failed and the others go on.
+    """
     plugins = plugins or []
     outcomes = [RunOutcome(s.run_id, s.label(), "skipped") for s in specs
                 if store.is_finished(out, s.suite, s.run_id)]
@@ -134,11 +167,12 @@ def run_specs(specs: list[RunSpec], out: Path, device: str = "cpu", jobs: int = 
             log.info("%s: %s (%.0f s)", outcome.label, outcome.status, outcome.seconds)
             outcomes.append(outcome)
         return outcomes
-    from joblib import Parallel, delayed
-    threads = max(1, (os.cpu_count() or 1) // max(jobs, 1)) if backend == "loky" else None
-    tasks = (delayed(_run_in_worker)(s.to_dict(), str(out), device, str(cache_dir), plugins, threads, False)
-             for s in pending)
-    for outcome in Parallel(n_jobs=jobs, backend=backend, return_as="generator")(tasks):
-        log.info("%s: %s (%.0f s)", outcome.label, outcome.status, outcome.seconds)
-        outcomes.append(outcome)
+    from joblib import Parallel, delayed, parallel_config
+    threads = max(1, (os.cpu_count() or 1) // max(jobs, 1)) if backend == "loky" else 1
+    tasks = [delayed(_run_in_worker)(s.to_dict(), str(out), device, str(cache_dir), plugins, threads, False)
+             for s in pending]
+    with _backend(backend, jobs, scheduler) as n_jobs:
+        for outcome in Parallel(n_jobs=n_jobs, return_as="generator_unordered")(tasks):
+            log.info("%s: %s (%.0f s)", outcome.label, outcome.status, outcome.seconds)
+            outcomes.append(outcome)
     return outcomes

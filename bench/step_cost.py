@@ -1,0 +1,146 @@
+"""Time and peak memory of one training step, and of evaluation, at the paper's KV shapes.
+
+Each measurement runs in a fresh process (CPU peak memory = peak RSS above the RSS before the
+first step; CUDA: torch.cuda.max_memory_allocated). Ratios are to full_context measured by the
+same invocation. Writes results/bench/step_cost_<device>.json and prints a table.
+
+    python -m bench.step_cost                       # 16 pairs, batch 32, CPU
+    python -m bench.step_cost --pairs 16 32 --device cuda
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import resource
+import time
+from pathlib import Path
+
+SETTINGS = {
+    "full_context": {"name": "full_context"},
+    "rmt": {"name": "rmt", "memory_size": 8},
+    "gradmem K=1": {"name": "gradmem", "memory_size": 8, "write_steps": 1},
+    "gradmem K=2": {"name": "gradmem", "memory_size": 8, "write_steps": 2},
+    "gradmem K=5": {"name": "gradmem", "memory_size": 8, "write_steps": 5},
+    "gradmem K=1 ckpt": {"name": "gradmem", "memory_size": 8, "write_steps": 1, "checkpoint_steps": True},
+    "gradmem K=2 ckpt": {"name": "gradmem", "memory_size": 8, "write_steps": 2, "checkpoint_steps": True},
+    "gradmem K=5 ckpt": {"name": "gradmem", "memory_size": 8, "write_steps": 5, "checkpoint_steps": True},
+}
+EVAL_SETTINGS = ("full_context", "gradmem K=1", "gradmem K=5")
+
+
+def _rss_mib() -> float:
+    import psutil
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def measure(label: str, pairs: int, batch_size: int, repeats: int, device: str, mode: str, threads: int) -> dict:
+    """One setting in this process: seconds per step and peak memory above the starting point."""
+    import torch
+
+    from harness.backbone import build_backbone
+    from harness.config import build
+    from harness.data import collate
+    from harness.pipeline import target_loss, write_then_read
+    from harness.registry import get_method, get_task
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    task_cls = get_task("kv_retrieval")
+    task = task_cls(build(task_cls.Config, {"pairs": pairs}, "task"))
+    backbone = build_backbone({"layers": 4, "hidden": 128, "heads": 4, "ffn": 512}, task.tokenizer.vocab_size)
+    params = dict(SETTINGS[label])
+    method_cls = get_method(params.pop("name"))
+    method = method_cls(build(method_cls.Config, params, "method"), backbone).to(device)
+    optimizer = torch.optim.AdamW(method.parameters(), lr=1e-4)
+    batches = [collate(task.examples("train", batch_size, s), task, 1).to(device) for s in range(repeats + 1)]
+
+    def train_step(batch):
+        logits, _ = write_then_read(method, batch)
+        loss = target_loss(logits, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def eval_step(batch):
+        with torch.no_grad():
+            write_then_read(method, batch)
+
+    step = train_step if mode == "train" else eval_step
+    method.train(mode == "train")
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated() / 2**20
+    else:
+        base = _rss_mib()
+    step(batches[0])  # warm-up (allocator, optimizer state); its peak counts too
+    if device == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for batch in batches[1:]:
+        step(batch)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - started) / repeats
+    if device == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**20 - base
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+    return {"setting": label, "mode": mode, "pairs": pairs, "batch": batch_size, "seconds": seconds,
+            "peak_mib": peak, "contexts_per_second": batch_size / seconds}
+
+
+def _child(queue, *args):
+    queue.put(measure(*args))
+
+
+def run_isolated(*args) -> dict:
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_child, args=(queue, *args))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", type=int, nargs="+", default=[16])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS))
+    parser.add_argument("--out", default="results/bench")
+    args = parser.parse_args(argv)
+    rows = []
+    for pairs in args.pairs:
+        for label in args.settings:
+            rows.append(run_isolated(label, pairs, args.batch, args.repeats, args.device, "train", args.threads))
+            print(json.dumps(rows[-1]), flush=True)
+        for label in EVAL_SETTINGS:
+            rows.append(run_isolated(label, pairs, args.batch, args.repeats, args.device, "eval", args.threads))
+            print(json.dumps(rows[-1]), flush=True)
+    for row in rows:
+        reference = next(r for r in rows if r["setting"] == "full_context" and r["mode"] == row["mode"]
+                         and r["pairs"] == row["pairs"])
+        row["time_ratio"] = row["seconds"] / reference["seconds"]
+        row["memory_ratio"] = row["peak_mib"] / max(reference["peak_mib"], 1e-9)
+    import pandas as pd
+    import torch
+    table = pd.DataFrame(rows)[["mode", "pairs", "setting", "seconds", "time_ratio", "peak_mib", "memory_ratio",
+                                "contexts_per_second"]]
+    print(table.to_markdown(index=False, floatfmt=".2f"))
+    machine = {"device": args.device, "threads": args.threads, "platform": platform.platform(),
+               "processor": platform.processor(), "torch": torch.__version__,
+               "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"step_cost_{args.device}.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
+    (out / f"step_cost_{args.device}.md").write_text(table.to_markdown(index=False, floatfmt=".2f") + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

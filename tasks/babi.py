@@ -1,0 +1,247 @@
+"""bAbI QA1-QA5 in the context-removal setting: context = the story, query = the question,
+target = the answer word.
+
+Two sources: the official release files (`--data-dir` pointing at the en-valid-10k folder:
+`qaN_*train.txt`, `qaN_*valid.txt`, `qaN_*test.txt`), read by `read_babi_file`; or, offline by
+default, a seeded generator of the bAbI world (actors moving between locations, picking up,
+dropping and passing objects; directions between rooms) whose answers are correct by
+construction. The generated stories use the bAbI templates but are not the release data.
+"""
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Sequence
+
+from harness.contract import Example, Query, Task
+from harness.data import Codec
+from harness.errors import HarnessError
+from harness.registry import register_task
+
+ACTORS = ("Mary", "John", "Sandra", "Daniel")
+GIVERS = ("Mary", "John", "Fred", "Bill", "Jeff")
+LOCATIONS = ("bathroom", "hallway", "garden", "office", "kitchen", "bedroom")
+OBJECTS = ("football", "apple", "milk")
+MOVE = ("moved to", "went to", "journeyed to", "travelled to", "went back to")
+GET = ("picked up", "got", "grabbed", "took")
+DROP = ("dropped", "discarded", "put down", "left")
+GIVE = ("gave", "handed", "passed")
+DIRECTIONS = {"north": "south", "south": "north", "east": "west", "west": "east"}
+
+
+# ------------------------------------------------------------------ release files
+def read_babi_file(path: str | Path) -> list[Example]:
+    """One Example per question of a bAbI release file.
+
+    Lines are `ID text`; ID 1 starts a new story; question lines are
+    `ID question<TAB>answer<TAB>supporting ids`. The context is the story's statements before
+    the question (numbers removed, earlier questions left out), joined by spaces.
+    """
+    examples: list[Example] = []
+    story: list[str] = []
+    for number, raw in enumerate(Path(path).read_text().splitlines(), 1):
+        if not raw.strip():
+            continue
+        match = re.match(r"\s*(\d+)\s+(.*)", raw)
+        if not match:
+            raise HarnessError(f"{path}:{number}: not a bAbI line (expected 'ID text'): {raw!r}")
+        line_id, text = int(match.group(1)), match.group(2)
+        if line_id == 1:
+            story = []
+        if "\t" in text:
+            parts = text.split("\t")
+            if len(parts) < 2:
+                raise HarnessError(f"{path}:{number}: question line without an answer: {raw!r}")
+            question, answer = parts[0].strip(), parts[1].strip()
+            examples.append(Example(" ".join(story), (Query(question, answer, tuple(answer.split(","))),)))
+        else:
+            story.append(text.strip())
+    return examples
+
+
+# ------------------------------------------------------------------ generator
+class _World:
+    """Where every actor and object is, and the history the questions need."""
+
+    def __init__(self, rng: random.Random, actors: Sequence[str]):
+        self.rng, self.actors = rng, list(actors)
+        self.actor_at: dict[str, str] = {}
+        self.holder: dict[str, str | None] = {}
+        self.object_at: dict[str, str] = {}
+        self.object_trail: dict[str, list[str]] = {}
+        self.gives: list[tuple[str, str, str]] = []  # (giver, object, receiver)
+
+    def _place_object(self, obj: str, location: str) -> None:
+        self.object_at[obj] = location
+        trail = self.object_trail.setdefault(obj, [])
+        if not trail or trail[-1] != location:
+            trail.append(location)
+
+    def move(self, actor: str) -> str:
+        location = self.rng.choice([l for l in LOCATIONS if l != self.actor_at.get(actor)])
+        self.actor_at[actor] = location
+        for obj, holder in self.holder.items():
+            if holder == actor:
+                self._place_object(obj, location)
+        return f"{actor} {self.rng.choice(MOVE)} the {location}."
+
+    def pick(self, actor: str) -> str | None:
+        here = self.actor_at.get(actor)
+        free = [o for o in OBJECTS if self.holder.get(o) is None and self.object_at.get(o, here) == here]
+        if here is None or not free:
+            return None
+        obj = self.rng.choice(free)
+        self.holder[obj] = actor
+        self._place_object(obj, here)
+        return f"{actor} {self.rng.choice(GET)} the {obj} there."
+
+    def drop(self, actor: str) -> str | None:
+        held = [o for o, h in self.holder.items() if h == actor]
+        if not held:
+            return None
+        obj = self.rng.choice(held)
+        self.holder[obj] = None
+        return f"{actor} {self.rng.choice(DROP)} the {obj}."
+
+    def give(self, actor: str) -> str | None:
+        held = [o for o, h in self.holder.items() if h == actor]
+        here = self.actor_at.get(actor)
+        others = [a for a in self.actors if a != actor and self.actor_at.get(a) == here]
+        if not held or not others:
+            return None
+        obj, receiver = self.rng.choice(held), self.rng.choice(others)
+        self.holder[obj] = receiver
+        self.gives.append((actor, obj, receiver))
+        return f"{actor} {self.rng.choice(GIVE)} the {obj} to {receiver}."
+
+
+def _story(rng: random.Random, qa: int, sentences: int) -> tuple[list[str], _World]:
+    world = _World(rng, GIVERS if qa == 5 else ACTORS)
+    lines: list[str] = []
+    if qa == 5:  # everybody in one of two rooms, so that objects can change hands
+        rooms = rng.sample(LOCATIONS, 2)
+        for actor in world.actors:
+            world.actor_at[actor] = rng.choice(rooms)
+            lines.append(f"{actor} {rng.choice(MOVE)} the {world.actor_at[actor]}.")
+    actions = {1: ("move",), 2: ("move", "move", "pick", "drop"), 3: ("move", "move", "pick", "drop"),
+               5: ("pick", "give", "give", "move")}[qa]
+    while len(lines) < sentences:
+        actor = rng.choice(world.actors)
+        action = rng.choice(actions) if actor in world.actor_at else "move"
+        if qa == 5 and action == "move":
+            line = f"{actor} {rng.choice(MOVE)} the {rng.choice(rooms)}."
+            world.actor_at[actor] = line.split(" the ")[-1][:-1]
+        else:
+            line = getattr(world, action)(actor)
+        if line:
+            lines.append(line)
+    return lines, world
+
+
+def _questions(rng: random.Random, qa: int, world: _World) -> list[Query]:
+    if qa == 1:
+        return [Query(f"Where is {a}?", world.actor_at[a]) for a in world.actor_at]
+    if qa == 2:
+        return [Query(f"Where is the {o}?", world.object_at[o]) for o in world.object_at]
+    if qa == 3:
+        return [Query(f"Where was the {o} before the {trail[-1]}?", trail[-2])
+                for o, trail in world.object_trail.items() if len(trail) >= 2]
+    if not world.gives:
+        return []
+    giver, obj, receiver = world.gives[-1]
+    earlier = world.gives[:-1]
+    kinds = [Query(f"Who received the {obj}?", receiver)]   # questions with one right answer only
+    if all(g == giver for g, o, r in earlier if (o, r) == (obj, receiver)):
+        kinds.append(Query(f"Who gave the {obj} to {receiver}?", giver))
+    if all(r == receiver for g, o, r in earlier if (g, o) == (giver, obj)):
+        kinds.append(Query(f"Who did {giver} give the {obj} to?", receiver))
+    if all(o == obj for g, o, r in earlier if (g, r) == (giver, receiver)):
+        kinds.append(Query(f"What did {giver} give to {receiver}?", obj))
+    return kinds
+
+
+def _relations(rng: random.Random) -> Example:
+    """QA4: two facts about three rooms in a line, one question about one fact."""
+    a, b, c = rng.sample(LOCATIONS, 3)
+    direction = rng.choice(list(DIRECTIONS))
+    facts = [(a, direction, b), (c, DIRECTIONS[direction], b)]
+    rng.shuffle(facts)
+    lines = [f"The {x} is {d} of the {y}." for x, d, y in facts]
+    x, d, y = rng.choice(facts)
+    query = rng.choice([Query(f"What is {d} of the {y}?", x), Query(f"What is the {x} {d} of?", y)])
+    return Example(" ".join(lines), (query,))
+
+
+@dataclass
+class BabiConfig:
+    """bAbI QA task `qa` (1-5); `data_dir` = the en-valid-10k folder, else generated stories."""
+    qa: int = 1
+    data_dir: str | None = None
+    story_sentences: int = 8        # generated: statements per story (QA4 always has 2)
+
+    def validate(self, where):
+        if self.qa not in (1, 2, 3, 4, 5):
+            raise HarnessError(f"{where}.qa = {self.qa} must be one of 1, 2, 3, 4, 5")
+        if self.story_sentences < 2:
+            raise HarnessError(f"{where}.story_sentences = {self.story_sentences} must be >= 2")
+        if self.data_dir is not None and not Path(self.data_dir).is_dir():
+            raise HarnessError(f"{where}.data_dir = {self.data_dir!r} is not a folder; pass the bAbI "
+                               f"en-valid-10k folder with --data-dir, or leave it out for generated stories")
+
+
+def generate_example(qa: int, rng: random.Random, sentences: int) -> Example:
+    """One generated story with every question it supports (one for QA4)."""
+    if qa == 4:
+        return _relations(rng)
+    while True:
+        lines, world = _story(rng, qa, sentences)
+        queries = _questions(rng, qa, world)
+        if queries:
+            rng.shuffle(queries)
+            return Example(" ".join(lines), tuple(queries))
+
+
+@register_task
+class Babi(Task):
+    name = "babi"
+    summary = "bAbI QA1-QA5 (release files with --data-dir, else a seeded generator of the bAbI world)"
+    Config = BabiConfig
+
+    def _file(self, split: str) -> Path:
+        found = sorted(Path(self.config.data_dir).glob(f"qa{self.config.qa}_*{split}.txt"))
+        if not found:
+            raise HarnessError(f"no file qa{self.config.qa}_*{split}.txt in {self.config.data_dir}")
+        return found[0]
+
+    @cached_property
+    def _release(self) -> dict[str, list[Example]]:
+        return {split: read_babi_file(self._file(split)) for split in ("train", "valid", "test")}
+
+    @cached_property
+    def tokenizer(self) -> Codec:
+        if self.config.data_dir:
+            texts = [t for examples in self._release.values() for e in examples
+                     for t in (e.context, *(q.text for q in e.queries), *(q.target for q in e.queries))]
+        else:
+            texts = [" ".join([*ACTORS, *GIVERS, *LOCATIONS, *OBJECTS, *MOVE, *GET, *DROP, *GIVE, *DIRECTIONS,
+                               "the there to of is was before Where Who What did give received . ? The"])]
+        probe = Codec([], level="words").tokenizer.pre_tokenizer
+        words = sorted({w for text in texts for w, _ in probe.pre_tokenize_str(text)})
+        return Codec(words, level="words")
+
+    def examples(self, split: str, count: int, seed: int) -> list[Example]:
+        if split not in ("train", "valid", "test"):
+            raise HarnessError(f"unknown split {split!r}; valid: train, valid, test")
+        rng = random.Random(f"babi/{self.config.qa}/{split}/{seed}")
+        if self.config.data_dir:
+            pool = self._release[split]
+            return [pool[i] for i in rng.sample(range(len(pool)), min(count, len(pool)))] if split == "train" \
+                else pool[:count]
+        return [generate_example(self.config.qa, rng, self.config.story_sentences) for _ in range(count)]
+
+    def max_lengths(self) -> tuple[int, int]:
+        words_per_sentence = 9
+        return self.config.story_sentences * words_per_sentence + 8, 16

@@ -22,6 +22,7 @@ def parse_args(argv):
     parser.add_argument("--scale", default="auto", help="smoke | cpu | paper | auto (paper on a GPU, else cpu)")
     parser.add_argument("--methods", help="comma-separated method names to keep")
     parser.add_argument("--seeds", type=int, help="number of seeds (overrides the suite)")
+    parser.add_argument("--data-dir", help="local dataset folder for tasks that read files (bAbI release, SQuAD v1.1)")
     parser.add_argument("--out", default="results", help="results directory (default: results)")
     parser.add_argument("--cache", default=None, help="checkpoint directory (default: .cache/)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -86,7 +87,7 @@ def main(argv=None) -> int:
         if args.jobs < 1:
             raise HarnessError(f"--jobs = {args.jobs} must be >= 1")
         methods = [m for m in (args.methods or "").split(",") if m] or None
-        specs = expand_suite(args.suite, scale, methods, args.seeds)
+        specs = expand_suite(args.suite, scale, methods, args.seeds, args.data_dir)
         out = Path(args.out)
         if args.dry_run:
             print_plan(specs, out)

@@ -250,8 +250,11 @@ def load_suite(name: str) -> dict:
 
 
 def expand_suite(name: str, scale: str, methods: list[str] | None = None,
-                 seeds: int | None = None) -> list[RunSpec]:
-    """All runs of a suite at a scale, resolved and validated (nothing is written)."""
+                 seeds: int | None = None, data_dir: str | None = None) -> list[RunSpec]:
+    """All runs of a suite at a scale, resolved and validated (nothing is written).
+
+    `data_dir` (the CLI's --data-dir) sets task.data_dir for tasks that read data from disk.
+    """
     if scale not in SCALES:
         raise HarnessError(f"unknown scale {scale!r}; valid: {', '.join(SCALES)}")
     data = load_suite(name)
@@ -281,6 +284,10 @@ def expand_suite(name: str, scale: str, methods: list[str] | None = None,
                 _set_path(tree, key, value, f"suite {name}")
             if methods and tree.get("method", {}).get("name") not in methods:
                 continue
+            if data_dir is not None and "name" in tree.get("task", {}):
+                task_fields = {f.name for f in dataclasses.fields(registry.get_task(tree["task"]["name"]).Config)}
+                if "data_dir" in task_fields:
+                    tree["task"]["data_dir"] = str(data_dir)
             where = f"suite {name} run {index}"
             resolved = {s: resolve_section(s, tree.get(s), f"{where} {s}") for s in SECTIONS}
             for seed in range(seed_count):

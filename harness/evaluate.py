@@ -10,6 +10,7 @@ import torch
 from harness.contract import ROLE_NAMES, Example, Method
 from harness.data import Batch, collate
 from harness.pipeline import write_then_read
+from harness.text_metrics import squad_em_f1
 
 
 def exact_match(predictions: torch.Tensor, targets: torch.Tensor, score_mask: torch.Tensor) -> torch.Tensor:
@@ -74,6 +75,7 @@ def evaluate(method: Method, task, examples: Sequence[Example], write_steps: Seq
         for steps in write_steps:
             em, token_hits, token_total, gen_em, reads = 0.0, 0.0, 0, 0.0, 0
             inner, write_time, read_time = [], 0.0, 0.0
+            text_em, text_f1, text_count = 0.0, 0.0, 0
             for start in range(0, len(examples), batch_size):
                 batch = collate(examples[start:start + batch_size], task, queries_per_context).to(device)
                 with torch.no_grad():
@@ -92,6 +94,16 @@ def evaluate(method: Method, task, examples: Sequence[Example], write_steps: Seq
                 if generate:
                     generated = greedy_generate(method, per_query, batch)
                     gen_em += exact_match(generated, batch.read_ids, batch.score_mask).sum().item()
+                    chunk = examples[start:start + batch_size]
+                    references = [q.answers or (q.target,) for e in chunk
+                                  for q in (e.queries if queries_per_context == "all" else e.queries[:queries_per_context])]
+                    if any(q.answers for e in chunk for q in e.queries):
+                        for row, answers in enumerate(references):
+                            text = task.tokenizer.decode(generated[row][batch.target_mask[row]])
+                            em_text, f1_text = squad_em_f1(text, answers)
+                            text_em += em_text
+                            text_f1 += f1_text
+                            text_count += 1
                 reads += len(batch.read_ids)
                 if memory.log.get("token_loss"):
                     inner.append(_role_losses(memory.log["token_loss"], batch))
@@ -108,6 +120,9 @@ def evaluate(method: Method, task, examples: Sequence[Example], write_steps: Seq
             }
             if generate:
                 results[key]["generation_exact_match"] = gen_em / reads
+            if text_count:
+                results[key]["squad_em"] = text_em / text_count
+                results[key]["squad_f1"] = text_f1 / text_count
             if inner:
                 results[key].update(_merge_role_losses(inner))
     finally:

@@ -40,7 +40,9 @@ def trained_setting(frame: pd.DataFrame) -> pd.DataFrame:
 
 def capacity_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """Exact match per (scale, method label, memory floats, pairs): mean, std and seed count."""
-    frame = trained_setting(frame).copy()
+    if frame.empty or "task.pairs" not in frame:
+        return pd.DataFrame()
+    frame = trained_setting(frame.dropna(subset=["task.pairs"])).copy()
     if frame.empty:
         return frame
     frame["label"] = frame.apply(method_label, axis=1)
@@ -73,8 +75,8 @@ def _cell(mean, std, seeds) -> str:
 
 
 def table1_markdown(frame: pd.DataFrame, scale: str) -> str:
-    """Exact match (%) per method and pairs at one scale, mean ± std over seeds."""
-    table = capacity_frame(frame)
+    """Exact match (%) per method and pairs of the capacity suite at one scale, mean ± std over seeds."""
+    table = capacity_frame(frame[frame["suite"] == "capacity"]) if not frame.empty else frame
     table = table[table["scale"] == scale] if not table.empty else table
     if table.empty:
         return f"_no capacity results at scale {scale}_\n"
@@ -104,4 +106,31 @@ def paper_table1_markdown() -> str:
     paper["cell"] = [f"{m:.1f} ± {s:.1f}" for m, s in zip(paper.em_mean, paper.em_std)]
     wide = paper.pivot(index="label", columns="pairs", values="cell").fillna("")
     wide.columns = [f"{c} pairs" for c in wide.columns]
+    return wide.reset_index().rename(columns={"label": "method"}).to_markdown(index=False) + "\n"
+
+
+def table2_markdown(frame: pd.DataFrame, scale: str) -> str:
+    """Exact match (%) per method on bAbI QA1-QA5 and Short SQuAD at one scale (mean ± std)."""
+    if frame.empty:
+        return f"_no bAbI / SQuAD results at scale {scale}_\n"
+    subset = trained_setting(frame[frame["suite"].isin(["babi", "squad"]) & (frame["scale"] == scale)])
+    if subset.empty:
+        return f"_no bAbI / SQuAD results at scale {scale}_\n"
+    subset = subset.assign(label=subset.apply(method_label, axis=1),
+                           column=[f"babi_qa{int(q)}" if s == "babi" else "short_squad"
+                                   for s, q in zip(subset["suite"], subset.get("task.qa", pd.Series(0, index=subset.index)).fillna(0))])
+    grouped = subset.groupby(["label", "column"])["exact_match"].agg(["mean", "std", "count"]).reset_index()
+    grouped["cell"] = [_cell(m, s, n) for m, s, n in zip(grouped["mean"], grouped["std"], grouped["count"])]
+    wide = grouped.pivot(index="label", columns="column", values="cell").fillna("")
+    return wide.reset_index().rename(columns={"label": "method"}).to_markdown(index=False) + "\n"
+
+
+def paper_table2_markdown() -> str:
+    """The paper's Table 2 (pretrained backbones) in the same layout."""
+    paper = pd.read_csv(REFERENCE / "paper_table2_nlp.csv", comment="#")
+    paper = paper[paper["task"] != "lm_ce"]
+    paper["label"] = [f"{method_label({'method': m, 'method.write_steps': k, 'method.write_passes': k})} ({b})"
+                      for m, k, b in zip(paper.method, paper.write_steps, paper.backbone)]
+    paper["cell"] = [f"{m:.1f} ± {s:.1f}" for m, s in zip(paper.value_mean, paper.value_std)]
+    wide = paper.pivot(index="label", columns="task", values="cell").fillna("")
     return wide.reset_index().rename(columns={"label": "method"}).to_markdown(index=False) + "\n"

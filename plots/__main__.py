@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from harness import store
-from harness.report import paper_table1_markdown, table1_markdown
+from harness.report import paper_table1_markdown, paper_table2_markdown, table1_markdown, table2_markdown
 from plots.figures import FIGURES
 
 
@@ -30,7 +30,14 @@ def main(argv=None) -> int:
         tables += [f"\n## This harness, {scale} scale\n\n", table1_markdown(frame, scale)]
     tables += ["\n## The paper (arXiv 2603.13875), Table 1 (paper scale: N{n}-K2V2-V62, 4 x 128, 8 memory vectors)\n\n",
                paper_table1_markdown()]
+    out.mkdir(parents=True, exist_ok=True)
     (out / "table1_kv.md").write_text("".join(tables))
+    nlp = ["# Table 2: bAbI QA1-QA5 and Short SQuAD, exact match (%)\n"]
+    for scale in scales:
+        nlp += [f"\n## This harness, {scale} scale (from-scratch backbone, generated bAbI)\n\n", table2_markdown(frame, scale)]
+    nlp += ["\n## The paper (arXiv 2603.13875), Table 2 (pretrained backbones, bAbI release data)\n\n",
+            paper_table2_markdown()]
+    (out / "table2_nlp.md").write_text("".join(nlp))
     logging.info("wrote %d figures and %s", len(made), out / "table1_kv.md")
     return 0
 

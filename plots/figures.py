@@ -27,6 +27,13 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _rows(frame: pd.DataFrame, suites: list[str], scale: str) -> pd.DataFrame:
+    """The rows of some suites at one scale."""
+    if frame.empty:
+        return frame
+    return frame[frame["suite"].isin(suites) & (frame["scale"] == scale)]
+
+
 def exact_match_vs_pairs(frame: pd.DataFrame, scale: str, out: Path) -> Path | None:
     """Figure 3: exact match versus number of pairs, one line per method (mean ± std over seeds)."""
     table = capacity_frame(frame[frame["suite"] == "capacity"]) if not frame.empty else frame
@@ -55,8 +62,7 @@ def exact_match_vs_pairs(frame: pd.DataFrame, scale: str, out: Path) -> Path | N
 
 def capacity_vs_memory(frame: pd.DataFrame, scale: str, out: Path) -> Path | None:
     """Capacity (largest pairs with exact match >= 90%) versus memory size in floats, every method."""
-    subset = frame[frame["suite"].isin(["capacity", "memsize"])] if not frame.empty else frame
-    subset = subset[subset["scale"] == scale] if not subset.empty else subset
+    subset = _rows(frame, ["capacity", "memsize"], scale)
     if subset.empty:
         return None
     subset = subset.assign(label=subset.apply(method_label, axis=1)
@@ -82,7 +88,7 @@ def capacity_vs_memory(frame: pd.DataFrame, scale: str, out: Path) -> Path | Non
 
 def steps_heatmap(frame: pd.DataFrame, scale: str, out: Path) -> Path | None:
     """Figure 4a: exact match over (trained setting, evaluation write steps), training K boxed."""
-    subset = frame[(frame["suite"] == "steps") & (frame["scale"] == scale)] if not frame.empty else frame
+    subset = _rows(frame, ["steps"], scale)
     if subset.empty:
         return None
     subset = subset[subset["eval_write_steps"] != "default"].copy()
@@ -103,7 +109,7 @@ def steps_heatmap(frame: pd.DataFrame, scale: str, out: Path) -> Path | None:
 
 def em_vs_inner_loss(frame: pd.DataFrame, scale: str, out: Path) -> Path | None:
     """Figure 4b: exact match versus the WRITE loss after the last write step."""
-    subset = frame[(frame["suite"] == "steps") & (frame["scale"] == scale)] if not frame.empty else frame
+    subset = _rows(frame, ["steps"], scale)
     if subset.empty or "final_inner_loss" not in subset:
         return None
     subset = subset.dropna(subset=["final_inner_loss"])
@@ -118,7 +124,7 @@ def em_vs_inner_loss(frame: pd.DataFrame, scale: str, out: Path) -> Path | None:
 
 def inner_loss_by_step(frame: pd.DataFrame, scale: str, out: Path) -> Path | None:
     """WRITE loss on key and value tokens after each write step (longest evaluation), per K_train."""
-    subset = frame[(frame["suite"] == "steps") & (frame["scale"] == scale)] if not frame.empty else frame
+    subset = _rows(frame, ["steps"], scale)
     if subset.empty or "inner_loss_key_by_step" not in subset:
         return None
     subset = subset.dropna(subset=["inner_loss_key_by_step"])

@@ -58,9 +58,11 @@ def print_plan(specs, out: Path) -> None:
         stages = spec.train["curriculum"] or [{}]
         cost = spec.train["steps"] * spec.train["batch_size"]
         total += 0 if done else cost
-        task = {k: v for k, v in spec.task.items() if k in ("format", "pairs", "key_length", "value_length")}
-        print(f"{spec.run_id}  {'done ' if done else 'todo '} {spec.label():<44} task={task} "
-              f"stages={len(stages)} steps<={spec.train['steps']} batch={spec.train['batch_size']}")
+        task = ",".join(f"{k}={v}" for k, v in spec.task.items() if v is not None and k != "name")
+        curriculum = " -> ".join(",".join(f"{k}={v}" for k, v in stage.items()) for stage in stages if stage)
+        print(f"{spec.run_id}  {'done ' if done else 'todo '} {spec.label():<44} {spec.task['name']}({task})"
+              + (f" curriculum {curriculum}" if curriculum else "")
+              + f" steps<={spec.train['steps']} batch={spec.train['batch_size']}")
     print(f"{len(specs)} runs, {sum(not store.is_finished(out, s.suite, s.run_id) for s in specs)} to train, "
           f"at most {total:,} training contexts")
 

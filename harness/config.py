@@ -311,7 +311,13 @@ def check_feasible(spec: RunSpec) -> None:
         context_len, read_len = task.max_lengths()
         method_cls = registry.get_method(spec.method["name"])
         arch = spec.backbone.get("arch", "llama")
-        if arch not in method_cls.archs:
+        if spec.backbone.get("pretrained"):
+            from harness.backbone import BackboneConfig, check_pretrained_available
+            check_pretrained_available(build(BackboneConfig, spec.backbone, "backbone"))
+            if not task_cls.supports_pretrained_tokenizer:
+                raise HarnessError(f"task {task_cls.name!r} needs its own tokenizer; "
+                                   f"use a backbone built from a config, not {spec.backbone['pretrained']!r}")
+        elif arch not in method_cls.archs:
             raise HarnessError(f"method {method_cls.name!r} needs a backbone arch in {list(method_cls.archs)}, "
                                f"got {arch!r}; set backbone.arch in its run")
         needed = method_cls.sequence_length(spec.method, context_len, read_len) \

@@ -131,6 +131,19 @@ class Task(abc.ABC):
         """Upper bounds (context tokens, query+target tokens) for validation against the backbone."""
         return (0, 0)
 
+    supports_pretrained_tokenizer: ClassVar[bool] = True
+
+    def use_tokenizer(self, codec) -> None:
+        """Tokenise with a pretrained backbone's tokenizer instead of the task's own."""
+        if not self.supports_pretrained_tokenizer:
+            from harness.errors import HarnessError
+            raise HarnessError(f"task {self.name!r} needs its own tokenizer; use a backbone built from a config")
+        self.__dict__["tokenizer"] = codec
+        self._external_codec = codec
+
     def with_params(self, **overrides) -> "Task":
         """The same task with some parameters changed (used by curricula)."""
-        return type(self)(dataclasses.replace(self.config, **overrides))
+        task = type(self)(dataclasses.replace(self.config, **overrides))
+        if getattr(self, "_external_codec", None) is not None:
+            task.use_tokenizer(self._external_codec)
+        return task

@@ -55,6 +55,33 @@ class Codec:
         return ("" if self.level == "char" else " ").join(tokens)
 
 
+class PretrainedCodec:
+    """A pretrained model's tokenizer behind the Codec interface.
+
+    Targets get a leading space (`space_before_target`), as a continuation of the query would in
+    natural text with a BPE tokenizer.
+    """
+    space_before_target = True
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
+        self.unk_id = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else -1
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True).strip()
+
+
 @dataclass
 class Batch:
     """A batch: B contexts and Q >= B reads (query + target), each read pointing at its context."""
@@ -90,8 +117,9 @@ def collate(examples: Sequence[Example], task, queries_per_context: int | str = 
         queries = example.queries if queries_per_context == "all" else example.queries[:queries_per_context]
         if not queries:
             raise ValueError("an example has no query")
+        space = " " if getattr(codec, "space_before_target", False) else ""
         for query in queries:
-            query_ids, target_ids = codec.encode(query.text), codec.encode(query.target)
+            query_ids, target_ids = codec.encode(query.text), codec.encode(space + query.target)
             if not query_ids or not target_ids:
                 raise ValueError(f"empty query or target in {query!r}")
             reads.append(query_ids + target_ids)

@@ -84,7 +84,7 @@ class ARMT(PrefixMemoryMethod):
 
     @staticmethod
     def _layers(backbone) -> nn.ModuleList:
-        return backbone.decoder.layers
+        return backbone.layers
 
     @property
     def features(self) -> int:

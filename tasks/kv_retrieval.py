@@ -61,6 +61,7 @@ class KVRetrieval(Task):
     name = "kv_retrieval"
     summary = "associative key-value retrieval (paper N{n}-K{k}V{v}-V{alphabet} or compact format)"
     Config = KVRetrievalConfig
+    supports_pretrained_tokenizer = False   # exact match scores value characters by position
 
     @cached_property
     def key_symbols(self) -> list[str]:

@@ -72,7 +72,11 @@ def versions() -> dict:
     import transformers
     return {"python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "git_commit": _git_commit(),
-            "machine": platform.machine(), "threads": torch.get_num_threads()}
+            "machine": platform.machine(), "threads": torch.get_num_threads(),
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "cudnn_deterministic": torch.backends.cudnn.deterministic,
+            "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
 def seed_everything(seed: int) -> None:

@@ -13,8 +13,8 @@ import itertools
 import json
 import types
 import typing
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
@@ -50,6 +50,15 @@ def _type_ok(value, annotation) -> bool:
     return True
 
 
+def _accepts_int(annotation) -> bool:
+    if annotation is int or annotation is Any:
+        return True
+    if typing.get_origin(annotation) in (Union, types.UnionType, Literal):
+        return any(a is int or (typing.get_origin(a) is None and isinstance(a, int) and not isinstance(a, bool))
+                   or _accepts_int(a) for a in typing.get_args(annotation) if not isinstance(a, str))
+    return False
+
+
 def _describe(annotation) -> str:
     if typing.get_origin(annotation) is Literal:
         return " | ".join(repr(a) for a in typing.get_args(annotation))
@@ -67,6 +76,8 @@ def build(cls, values: dict | None, where: str):
     for key, value in values.items():
         if not _type_ok(value, hints[key]):
             raise HarnessError(f"{where}.{key} = {value!r} has the wrong type; expected {_describe(hints[key])}")
+        if isinstance(value, int) and not isinstance(value, bool) and not _accepts_int(hints[key]):
+            values[key] = float(value)   # `lr: 1` and `lr: 1.0` are the same run
     try:
         instance = cls(**values)
     except (TypeError, ValueError) as error:
@@ -147,7 +158,9 @@ class RunSpec:
     seed: int
 
     def identity(self) -> dict:
-        return {key: getattr(self, key) for key in (*SECTIONS, "seed")}
+        """What the run id hashes: each section's values that differ from their defaults (so an
+        option added later with a default leaves existing ids alone), and the seed."""
+        return {**{key: _non_default(key, getattr(self, key)) for key in SECTIONS}, "seed": self.seed}
 
     @property
     def run_id(self) -> str:
@@ -165,6 +178,22 @@ class RunSpec:
     @classmethod
     def from_dict(cls, data: dict) -> "RunSpec":
         return cls(**data)
+
+
+def _section_class(section: str, values: dict):
+    if section == "method":
+        return registry.get_method(values["name"]).Config
+    if section == "task":
+        return registry.get_task(values["name"]).Config
+    if section == "backbone":
+        from harness.backbone import BackboneConfig
+        return BackboneConfig
+    return {"train": TrainConfig, "eval": EvalConfig}[section]
+
+
+def _non_default(section: str, values: dict) -> dict:
+    defaults = dataclasses.asdict(_section_class(section, values)())
+    return {k: v for k, v in values.items() if k == "name" or k not in defaults or v != defaults[k]}
 
 
 def resolve_section(section: str, values: dict, where: str) -> dict:

@@ -92,3 +92,36 @@ def load(results: Path | str = "results") -> pd.DataFrame:
     for path in sorted(Path(results).glob("*/*/summary.json")):
         rows.extend(summary_rows(json.loads(path.read_text())))
     return pd.DataFrame(rows)
+
+
+def reindex(results: Path | str = "results", cache: Path | str | None = None) -> list[tuple[str, str]]:
+    """Re-derive every run's id from its config.yaml with the current code (new options get their
+    defaults) and rename its folder and checkpoints; a finished run wins over an unfinished one
+    with the same id. Returns the (old, new) ids that changed."""
+    from harness.config import SECTIONS, RunSpec, resolve_section
+    changed = []
+    for config in sorted(Path(results).glob("*/*/config.yaml")):
+        folder = config.parent
+        data = yaml.safe_load(config.read_text())
+        spec = RunSpec(**{**data, **{s: resolve_section(s, data[s], s) for s in SECTIONS}})
+        if spec.run_id == folder.name:
+            continue
+        target = folder.parent / spec.run_id
+        if target.exists():
+            if (target / "summary.json").exists() or not (folder / "summary.json").exists():
+                import shutil
+                shutil.rmtree(folder)
+                continue
+            import shutil
+            shutil.rmtree(target)
+        folder.rename(target)
+        write_yaml(target / "config.yaml", spec.to_dict())
+        summary_path = target / "summary.json"
+        if summary_path.exists():
+            summary = json.loads(summary_path.read_text())
+            summary.update(run_id=spec.run_id, spec=spec.to_dict())
+            write_json(summary_path, summary)
+        if cache is not None and (Path(cache) / "checkpoints" / folder.name).exists():
+            (Path(cache) / "checkpoints" / folder.name).rename(Path(cache) / "checkpoints" / spec.run_id)
+        changed.append((folder.name, spec.run_id))
+    return changed

@@ -180,3 +180,19 @@ def test_nan_loss_marks_the_run_diverged_and_the_sweep_goes_on(tmp_path, monkeyp
     results = {json.loads(p.read_text())["spec"]["method"]["name"]: json.loads(p.read_text()) for p in summaries(tmp_path)}
     assert results["gradmem"]["status"] == "diverged" and results["gradmem"]["diverged_step"] == 1
     assert results["full_context"]["status"] == "finished"
+
+
+def test_run_ids_ignore_defaults_and_survive_new_options(tmp_path):
+    from harness import store
+    from harness.config import expand_suite
+    explicit = modified(TINY, "train", weight_decay=0.01, schedule="constant")  # the defaults, spelled out
+    ids = [s.run_id for s in expand_suite(write_suite(tmp_path), "cpu")]
+    assert ids == [s.run_id for s in expand_suite(write_suite(tmp_path, explicit, "tiny2"), "cpu")]
+    assert ids != [s.run_id for s in expand_suite(write_suite(tmp_path, modified(TINY, "train", lr=2e-3), "t3"), "cpu")]
+    # a results folder under a stale id is renamed to the id the current code derives
+    assert run(["--suite", write_suite(tmp_path)], tmp_path) == 0
+    folder = summaries(tmp_path)[0].parent
+    stale = folder.rename(folder.parent / "0123456789ab")
+    assert store.reindex(tmp_path / "results") == [("0123456789ab", folder.name)]
+    assert json.loads((folder / "summary.json").read_text())["run_id"] == folder.name
+    assert not stale.exists()

@@ -40,12 +40,13 @@ def exact_match_vs_pairs(frame: pd.DataFrame, scale: str, out: Path) -> Path | N
     table = table[table["scale"] == scale] if not table.empty else table
     if table.empty:
         return None
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(10, 5))
     palette = dict(zip(sorted(table["label"].unique()), sns.color_palette("tab20", table["label"].nunique())))
     for label, group in table.groupby("label"):
         group = group.sort_values("task.pairs")
+        floats = int(group["memory_floats"].max())
         ax.errorbar(group["task.pairs"], 100 * group["em_mean"], yerr=100 * group["em_std"].fillna(0),
-                    marker="o", label=label, color=palette[label], capsize=3)
+                    marker="o", label=f"{label} ({floats:,} floats)", color=palette[label], capsize=3)
     if scale == "paper":
         for label, group in paper_table1().groupby("label"):
             ax.plot(group["pairs"], group["em_mean"], ls="--", alpha=0.3, color=palette.get(label, "grey"))
@@ -54,9 +55,10 @@ def exact_match_vs_pairs(frame: pd.DataFrame, scale: str, out: Path) -> Path | N
            title=f"KV retrieval capacity, {scale} scale ({seeds} seed{'s' if seeds > 1 else ''})"
                  + (" — dashed: paper" if scale == "paper" else ""))
     pairs = sorted(table["task.pairs"].unique())
+    ax.minorticks_off()
     ax.set_xticks(pairs, [str(int(p)) for p in pairs])
     ax.axhline(90, color="grey", lw=0.5, ls=":")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), title="memory per context")
     return _save(fig, out / f"capacity_{scale}.png")
 
 
@@ -76,12 +78,15 @@ def capacity_vs_memory(frame: pd.DataFrame, scale: str, out: Path) -> Path | Non
     points = pd.DataFrame(rows)
     if points.empty:
         return None
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for label, group in points.groupby("label"):
+    fig, ax = plt.subplots(figsize=(8, 5))
+    markers = "osD^vP*Xh<>"
+    for index, (label, group) in enumerate(points.groupby("label")):
         group = group.sort_values("floats")
-        ax.plot(group["floats"].clip(lower=1), group["capacity"], marker="o", label=label)
-    ax.set(xscale="log", xlabel="memory size (floats, log)", ylabel="capacity: largest pairs with EM ≥ 90%",
-           title=f"Capacity versus memory size, {scale} scale")
+        ax.plot(group["floats"].clip(lower=1), group["capacity"] + 0.15 * (index - len(markers) / 2) / len(markers),
+                marker=markers[index % len(markers)], label=label, alpha=0.8)
+    ax.set(xscale="log", xlabel="memory size per context (floats, log; 0 shown at 1)",
+           ylabel="capacity: largest pairs with EM ≥ 90%",
+           title=f"Capacity versus memory size, {scale} scale (full context: its KV-cache at each pairs)")
     ax.legend(fontsize=7)
     return _save(fig, out / f"capacity_vs_memory_{scale}.png")
 

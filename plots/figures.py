@@ -136,17 +136,22 @@ def inner_loss_by_step(frame: pd.DataFrame, scale: str, out: Path) -> Path | Non
     subset = subset[subset["eval_write_steps"] != "default"]
     subset = subset[subset["eval_write_steps"].astype(int) == subset["eval_write_steps"].astype(int).max()]
     pairs = sorted(subset["task.pairs"].unique())
-    fig, axes = plt.subplots(1, len(pairs), figsize=(4 * len(pairs), 3.8), squeeze=False, sharey=True)
+    trained = sorted(subset["method.write_steps"].astype(int).unique())
+    colours = dict(zip(trained, sns.color_palette("tab10", len(trained))))
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4 * len(pairs) + 1.5, 3.8), squeeze=False, sharey=True)
+    handles = {}
     for ax, n in zip(axes[0], pairs):
         for _, row in subset[subset["task.pairs"] == n].iterrows():
             k_train = int(row["method.write_steps"])
             for role, style in (("key", "--"), ("value", "-")):
                 values = row[f"inner_loss_{role}_by_step"]
-                ax.plot(range(len(values)), values, ls=style, label=f"K_train={k_train} {role}")
-            ax.axvline(k_train, color="grey", lw=0.5)
+                (line,) = ax.plot(range(len(values)), values, ls=style, color=colours[k_train])
+                handles[f"K_train={k_train}, {role} tokens"] = line
+            ax.axvline(k_train, color=colours[k_train], lw=0.6, alpha=0.6)
         ax.set(xlabel="write step", title=f"{int(n)} pairs")
     axes[0][0].set_ylabel("WRITE loss (cross-entropy)")
-    axes[0][-1].legend(fontsize=7)
+    fig.legend(handles.values(), handles.keys(), fontsize=7, loc="center right")
+    fig.subplots_adjust(right=0.85)
     fig.suptitle(f"Inner loss on key and value tokens per write step ({scale} scale)")
     return _save(fig, out / f"inner_loss_by_step_{scale}.png")
 

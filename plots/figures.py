@@ -80,10 +80,11 @@ def capacity_vs_memory(frame: pd.DataFrame, scale: str, out: Path) -> Path | Non
         return None
     fig, ax = plt.subplots(figsize=(8, 5))
     markers = "osD^vP*Xh<>"
+    colours = sns.color_palette("tab20", points["label"].nunique())
     for index, (label, group) in enumerate(points.groupby("label")):
         group = group.sort_values("floats")
         ax.plot(group["floats"].clip(lower=1), group["capacity"] + 0.15 * (index - len(markers) / 2) / len(markers),
-                marker=markers[index % len(markers)], label=label, alpha=0.8)
+                marker=markers[index % len(markers)], label=label, alpha=0.8, color=colours[index])
     ax.set(xscale="log", xlabel="memory size per context (floats, log; 0 shown at 1)",
            ylabel="capacity: largest pairs with EM ≥ 90%",
            title=f"Capacity versus memory size, {scale} scale (full context: its KV-cache at each pairs)")

@@ -9,7 +9,6 @@ import torch
 
 from harness.contract import ROLE_NAMES, Example, Method
 from harness.data import Batch, collate
-from harness.pipeline import write_then_read
 from harness.text_metrics import squad_em_f1
 
 

@@ -177,7 +177,7 @@ def run_specs(specs: list[RunSpec], out: Path, device: str = "cpu", jobs: int = 
             log.info("%s: %s (%.0f s)", outcome.label, outcome.status, outcome.seconds)
             outcomes.append(outcome)
         return outcomes
-    from joblib import Parallel, delayed, parallel_config
+    from joblib import Parallel, delayed
     threads = max(1, (os.cpu_count() or 1) // max(jobs, 1)) if backend == "loky" else 1
     tasks = [delayed(_run_in_worker)(s.to_dict(), str(out), device, str(cache_dir), plugins, threads, False)
              for s in pending]

@@ -16,7 +16,6 @@ import hashlib
 import json
 import random
 import re
-import string
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path

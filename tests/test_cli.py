@@ -1,7 +1,6 @@
 """The command line: bad input, dry run, listing, plugins, resume after a crash, divergence."""
 import json
 import textwrap
-from pathlib import Path
 
 import pytest
 import yaml

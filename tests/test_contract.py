@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-from harness.backbone import build_backbone
 from harness.data import collate
 from harness.pipeline import target_loss, write_then_read
 from harness.registry import METHODS

@@ -108,13 +108,18 @@ def _pad(rows: list[list[int]], pad_id: int, min_len: int = 1) -> tuple[torch.Te
     return ids, mask
 
 
+def selected_queries(example: Example, queries_per_context: int | str) -> tuple:
+    """The queries of an example a batch reads: all, or the first `queries_per_context`."""
+    return example.queries if queries_per_context == "all" else example.queries[:queries_per_context]
+
+
 def collate(examples: Sequence[Example], task, queries_per_context: int | str = "all") -> Batch:
     """Tokenise a list of examples; keeps the first `queries_per_context` queries of each."""
     codec = task.tokenizer
     contexts = codec.encode_batch([e.context for e in examples])
     reads, targets, scores, index = [], [], [], []
     for i, example in enumerate(examples):
-        queries = example.queries if queries_per_context == "all" else example.queries[:queries_per_context]
+        queries = selected_queries(example, queries_per_context)
         if not queries:
             raise ValueError("an example has no query")
         space = " " if getattr(codec, "space_before_target", False) else ""

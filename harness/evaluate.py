@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 
 from harness.contract import ROLE_NAMES, Example, Method
-from harness.data import Batch, collate
+from harness.data import Batch, collate, selected_queries
 from harness.text_metrics import squad_em_f1
 
 
@@ -95,7 +95,7 @@ def evaluate(method: Method, task, examples: Sequence[Example], write_steps: Seq
                     gen_em += exact_match(generated, batch.read_ids, batch.score_mask).sum().item()
                     chunk = examples[start:start + batch_size]
                     references = [q.answers or (q.target,) for e in chunk
-                                  for q in (e.queries if queries_per_context == "all" else e.queries[:queries_per_context])]
+                                  for q in selected_queries(e, queries_per_context)]
                     if any(q.answers for e in chunk for q in e.queries):
                         for row, answers in enumerate(references):
                             text = task.tokenizer.decode(generated[row][batch.target_mask[row]])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -109,10 +110,8 @@ def reindex(results: Path | str = "results", cache: Path | str | None = None) ->
         target = folder.parent / spec.run_id
         if target.exists():
             if (target / "summary.json").exists() or not (folder / "summary.json").exists():
-                import shutil
                 shutil.rmtree(folder)
                 continue
-            import shutil
             shutil.rmtree(target)
         folder.rename(target)
         write_yaml(target / "config.yaml", spec.to_dict())

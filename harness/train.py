@@ -55,6 +55,7 @@ class Trainer:
                                            weight_decay=train.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, train))
         self.stages = train.curriculum or [{}]
+        self._valid_sets: dict = {}
         self.state = {"step": 0, "stage": 0, "stage_step": 0, "best_em": -1.0, "since_best": 0,
                       "best_state": None, "stage_results": [], "train_seconds": 0.0,
                       "status": "running", "diverged_step": None}
@@ -120,7 +121,10 @@ class Trainer:
         return loss.item()
 
     def validate(self, task) -> float:
-        valid = task.examples("valid", self.config.eval_examples, seed=0)
+        key = (self.state["stage"], self.config.eval_examples)
+        if key not in self._valid_sets:  # the same validation set at every evaluation of a stage
+            self._valid_sets[key] = task.examples("valid", self.config.eval_examples, seed=0)
+        valid = self._valid_sets[key]
         metrics = evaluate(self.method, task, valid, [None], self.eval_config.batch_size, 1, False, self.device)
         return next(iter(metrics.values()))["exact_match"]
 

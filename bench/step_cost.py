@@ -2,7 +2,11 @@
 
 Each measurement runs in a fresh process (CPU peak memory = peak RSS above the RSS before the
 first step; CUDA: torch.cuda.max_memory_allocated). Ratios are to full_context measured by the
-same invocation. Writes results/bench/step_cost_<device>.json and prints a table.
+same invocation. Matmul FLOPs per step (torch's FlopCounterMode, forward and backward) give
+each setting's floor: exact second order costs about 2 + 4 matmuls per write step and linear
+layer against 3 for a full-context step, so no implementation of the same computation can beat
+`flop_ratio` on a compute-bound device. Writes results/bench/step_cost_<device>.json and prints
+a table.
 
     python -m bench.step_cost                       # 16 pairs, batch 32, CPU
     python -m bench.step_cost --pairs 16 32 --device cuda
@@ -28,6 +32,7 @@ SETTINGS = {
     "gradmem K=5 ckpt": {"name": "gradmem", "memory_size": 8, "write_steps": 5, "checkpoint_steps": True},
 }
 EVAL_SETTINGS = ("full_context", "gradmem K=1", "gradmem K=5")
+EVAL_OPTIONS = {"log_write_loss": False}  # throughput: no extra forward for the logged final WRITE loss
 
 
 def _rss_mib() -> float:
@@ -38,6 +43,7 @@ def _rss_mib() -> float:
 def measure(label: str, pairs: int, batch_size: int, repeats: int, device: str, mode: str, threads: int) -> dict:
     """One setting in this process: seconds per step and peak memory above the starting point."""
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
     from harness.backbone import build_backbone
     from harness.config import build
@@ -50,6 +56,8 @@ def measure(label: str, pairs: int, batch_size: int, repeats: int, device: str, 
     task = task_cls(build(task_cls.Config, {"pairs": pairs}, "task"))
     backbone = build_backbone({"layers": 4, "hidden": 128, "heads": 4, "ffn": 512}, task.tokenizer.vocab_size)
     params = dict(SETTINGS[label])
+    if mode == "eval" and params["name"] == "gradmem":
+        params.update(EVAL_OPTIONS)
     method_cls = get_method(params.pop("name"))
     method = method_cls(build(method_cls.Config, params, "method"), backbone).to(device)
     optimizer = torch.optim.AdamW(method.parameters(), lr=1e-4)
@@ -86,8 +94,14 @@ def measure(label: str, pairs: int, batch_size: int, repeats: int, device: str, 
         peak = torch.cuda.max_memory_allocated() / 2**20 - base
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+    gflop = None
+    if mode == "train":  # after the peak reading: counting costs time. (Its module hooks break
+        with FlopCounterMode(display=False) as counter:  # autograd.grad in a no-grad evaluation.)
+            step(batches[1])
+        gflop = counter.get_total_flops() / 1e9
     return {"setting": label, "mode": mode, "pairs": pairs, "batch": batch_size, "seconds": seconds,
-            "peak_mib": peak, "contexts_per_second": batch_size / seconds}
+            "peak_mib": peak, "gflop": gflop,
+            "contexts_per_second": batch_size / seconds}
 
 
 def _child(queue, *args):
@@ -127,9 +141,11 @@ def main(argv=None) -> int:
                          and r["pairs"] == row["pairs"])
         row["time_ratio"] = row["seconds"] / reference["seconds"]
         row["memory_ratio"] = row["peak_mib"] / max(reference["peak_mib"], 1e-9)
+        row["flop_ratio"] = row["gflop"] / reference["gflop"] if row["gflop"] else None
     import pandas as pd
     import torch
-    table = pd.DataFrame(rows)[["mode", "pairs", "setting", "seconds", "time_ratio", "peak_mib", "memory_ratio",
+    table = pd.DataFrame(rows)[["mode", "pairs", "setting", "seconds", "time_ratio", "gflop", "flop_ratio",
+                                "peak_mib", "memory_ratio",
                                 "contexts_per_second"]]
     print(table.to_markdown(index=False, floatfmt=".2f"))
     machine = {"device": args.device, "threads": args.threads, "platform": platform.platform(),

@@ -21,6 +21,8 @@ def parse_args(argv):
     parser.add_argument("--suite", help="suite name (harness/suites/NAME.yaml) or a YAML path")
     parser.add_argument("--scale", default="auto", help="smoke | cpu | paper | auto (paper on a GPU, else cpu)")
     parser.add_argument("--methods", help="comma-separated method names to keep")
+    parser.add_argument("--match", action="append", default=[],
+                        help="keep only runs whose label (as --dry-run prints it) contains this text; repeatable")
     parser.add_argument("--seeds", type=int, help="number of seeds (overrides the suite)")
     parser.add_argument("--data-dir", help="local dataset folder for tasks that read files (bAbI release, SQuAD v1.1)")
     parser.add_argument("--out", default="results", help="results directory (default: results)")
@@ -90,6 +92,11 @@ def main(argv=None) -> int:
             raise HarnessError(f"--jobs = {args.jobs} must be >= 1")
         methods = [m for m in (args.methods or "").split(",") if m] or None
         specs = expand_suite(args.suite, scale, methods, args.seeds, args.data_dir)
+        if args.match:
+            specs = [s for s in specs if any(text in s.label() for text in args.match)]
+            if not specs:
+                raise HarnessError(f"no run of suite {args.suite} at scale {scale} matches {args.match}; "
+                                   f"see --dry-run for the labels")
         out = Path(args.out)
         if args.dry_run:
             print_plan(specs, out)

@@ -40,6 +40,8 @@ class GradMemConfig:
     inner_grad_clip: float | None = None  # clip each example's inner gradient to this norm
     checkpoint_steps: bool = False   # recompute each write step in the outer backward: peak
                                      # memory stops growing with K, gradients are unchanged
+    log_write_loss: bool = True      # evaluation logs L_write at M_0..M_K (one extra forward per
+                                     # context for M_K); off: no inner-loss log, pure throughput
     init_std: float = 0.02
 
     def validate(self, where):
@@ -133,10 +135,12 @@ class GradMem(PrefixMemoryMethod):
             grad_norms.append(grad_norm)
         if meta and order == "none":
             memory = memory.detach()
-        if not meta:  # evaluation also logs the WRITE loss at the final memory
+        if not meta and self.config.log_write_loss:  # evaluation: the WRITE loss at the final memory too
             with torch.no_grad():
                 token_losses.append(self.token_losses(memory, context_ids))
                 losses.append(self.write_loss(memory, context_ids, context_mask, token_losses[-1]))
+        elif not meta:
+            losses, token_losses, grad_norms = [], [], []
         log = {"inner_loss": [l.mean().item() for l in losses],      # at M_0 .. M_K (M_K: evaluation only)
                "grad_norm": [g.mean().item() for g in grad_norms],
                "token_loss": token_losses}

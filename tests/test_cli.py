@@ -56,6 +56,7 @@ BAD_INPUTS = {
     "negative steps": lambda p: ["--suite", write_suite(p, {**TINY, "runs": [{"method": {"name": "gradmem", "write_steps": -1}}]})],
     "negative train steps": lambda p: ["--suite", write_suite(p, modified(TINY, "train", steps=-5))],
     "bad plugin": lambda p: ["--plugin", "no.such.module", "--list"],
+    "no run matches": lambda p: ["--suite", write_suite(p), "--match", "rmt("],
 }
 
 
@@ -79,6 +80,14 @@ def test_dry_run_lists_runs_and_trains_nothing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "3 runs" in out and "gradmem" in out
     assert not (tmp_path / "results").exists()
+
+
+def test_match_keeps_runs_by_label_and_seeds_add_runs(tmp_path, capsys):
+    suite = write_suite(tmp_path)
+    assert run(["--suite", suite, "--dry-run", "--seeds", "2", "--match", "full_context(",
+                "--match", "query_only("], tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "4 runs" in out and "gradmem" not in out and "seed=1" in out
 
 
 def test_list_and_plugin(tmp_path, capsys, monkeypatch):

@@ -116,6 +116,16 @@ def test_evaluation_builds_no_graph_and_accepts_other_step_counts(compact_task):
     assert all(p.grad is None for p in method.parameters())
 
 
+def test_unlogged_evaluation_writes_the_same_memory(compact_task):
+    batch = _batch(compact_task)
+    logged = make_method("gradmem", compact_task, torch.float64, **OPTIONS).eval()
+    unlogged = make_method("gradmem", compact_task, torch.float64, **OPTIONS, log_write_loss=False).eval()
+    unlogged.load_state_dict(logged.state_dict())
+    a, b = logged.write(*_ctx(batch), write_steps=2), unlogged.write(*_ctx(batch), write_steps=2)
+    assert torch.equal(a.state, b.state)
+    assert len(a.log["inner_loss"]) == 3 and not b.log["inner_loss"] and not b.log["token_loss"]
+
+
 def test_inner_steps_lower_the_write_loss_and_clip_bounds_the_step(compact_task):
     batch = _batch(compact_task)
     small_steps = make_method("gradmem", compact_task, torch.float64, memory_size=2, inner_lr=0.05).eval()

@@ -2,6 +2,7 @@
 scale that produced it."""
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -34,7 +35,8 @@ def _rows(frame: pd.DataFrame, suites: list[str], scale: str) -> pd.DataFrame:
 
 
 def exact_match_vs_pairs(frame: pd.DataFrame, scale: str, out: Path) -> Path | None:
-    """Figure 3: exact match versus number of pairs, one line per method (mean ± std over seeds)."""
+    """Figure 3: exact match versus number of pairs, one line per method (mean ± std over seeds,
+    each seed a dot)."""
     table = capacity_frame(frame[frame["suite"] == "capacity"]) if not frame.empty else frame
     table = table[table["scale"] == scale] if not table.empty else table
     if table.empty:
@@ -46,6 +48,10 @@ def exact_match_vs_pairs(frame: pd.DataFrame, scale: str, out: Path) -> Path | N
         floats = int(group["memory_floats"].max())
         ax.errorbar(group["task.pairs"], 100 * group["em_mean"], yerr=100 * group["em_std"].fillna(0),
                     marker="o", label=f"{label} ({floats:,} floats)", color=palette[label], capsize=3)
+        if group["seeds"].max() > 1:  # every seed, not only the mean
+            for pairs, values in zip(group["task.pairs"], group["em_seeds"]):
+                seeds = json.loads(values)
+                ax.scatter([pairs] * len(seeds), [100 * v for v in seeds], s=8, color=palette[label], alpha=0.5)
     if scale == "paper":
         for label, group in paper_table1().groupby("label"):
             ax.plot(group["pairs"], group["em_mean"], ls="--", alpha=0.3, color=palette.get(label, "grey"))

@@ -40,17 +40,21 @@ def _rss_mib() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def measure(label: str, pairs: int, batch_size: int, repeats: int, device: str, mode: str, threads: int) -> dict:
+def measure(label: str, pairs: int, batch_size: int, repeats: int, device: str, mode: str, threads: int,
+            retain: bool = True) -> dict:
     """One setting in this process: seconds per step and peak memory above the starting point."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from harness.allocator import retain_freed_memory
     from harness.backbone import build_backbone
     from harness.config import build
     from harness.data import collate
     from harness.pipeline import target_loss, write_then_read
     from harness.registry import get_method, get_task
     torch.set_num_threads(threads)
+    if retain:
+        retain_freed_memory()  # as every harness run does
     torch.manual_seed(0)
     task_cls = get_task("kv_retrieval")
     task = task_cls(build(task_cls.Config, {"pairs": pairs}, "task"))
@@ -84,12 +88,14 @@ def measure(label: str, pairs: int, batch_size: int, repeats: int, device: str, 
     step(batches[0])  # warm-up (allocator, optimizer state); its peak counts too
     if device == "cuda":
         torch.cuda.synchronize()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     started = time.perf_counter()
     for batch in batches[1:]:
         step(batch)
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - started) / repeats
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / repeats
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20 - base
     else:
@@ -100,7 +106,7 @@ def measure(label: str, pairs: int, batch_size: int, repeats: int, device: str, 
             step(batches[1])
         gflop = counter.get_total_flops() / 1e9
     return {"setting": label, "mode": mode, "pairs": pairs, "batch": batch_size, "seconds": seconds,
-            "peak_mib": peak, "gflop": gflop,
+            "peak_mib": peak, "gflop": gflop, "page_faults": faults,
             "contexts_per_second": batch_size / seconds}
 
 
@@ -127,14 +133,18 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS))
     parser.add_argument("--out", default="results/bench")
+    parser.add_argument("--release-freed-memory", action="store_true",
+                        help="keep glibc's default of returning freed blocks to the OS (for comparison)")
     args = parser.parse_args(argv)
     rows = []
     for pairs in args.pairs:
         for label in args.settings:
-            rows.append(run_isolated(label, pairs, args.batch, args.repeats, args.device, "train", args.threads))
+            rows.append(run_isolated(label, pairs, args.batch, args.repeats, args.device, "train", args.threads,
+                                     not args.release_freed_memory))
             print(json.dumps(rows[-1]), flush=True)
         for label in EVAL_SETTINGS:
-            rows.append(run_isolated(label, pairs, args.batch, args.repeats, args.device, "eval", args.threads))
+            rows.append(run_isolated(label, pairs, args.batch, args.repeats, args.device, "eval", args.threads,
+                                     not args.release_freed_memory))
             print(json.dumps(rows[-1]), flush=True)
     for row in rows:
         reference = next(r for r in rows if r["setting"] == "full_context" and r["mode"] == row["mode"]
@@ -145,11 +155,11 @@ def main(argv=None) -> int:
     import pandas as pd
     import torch
     table = pd.DataFrame(rows)[["mode", "pairs", "setting", "seconds", "time_ratio", "gflop", "flop_ratio",
-                                "peak_mib", "memory_ratio",
+                                "peak_mib", "memory_ratio", "page_faults",
                                 "contexts_per_second"]]
     print(table.to_markdown(index=False, floatfmt=".2f"))
-    machine = {"device": args.device, "threads": args.threads, "platform": platform.platform(),
-               "processor": platform.processor(), "torch": torch.__version__,
+    machine = {"device": args.device, "threads": args.threads, "retain_freed_memory": not args.release_freed_memory,
+               "platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
                "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from harness import registry, store
+from harness.allocator import retain_freed_memory
 from harness.backbone import build_backbone
 from harness.config import EvalConfig, RunSpec, TrainConfig, build
 from harness.data import PretrainedCodec
@@ -87,6 +88,7 @@ def seed_everything(seed: int) -> None:
 def execute_run(spec: RunSpec, out: Path, device: str = "cpu", cache_dir: Path = DEFAULT_CACHE,
                 progress: bool = True) -> RunOutcome:
     """Train and evaluate one run; write config.yaml, metrics.jsonl and summary.json."""
+    retain_freed_memory()
     directory = store.run_dir(out, spec.suite, spec.run_id)
     if store.is_finished(out, spec.suite, spec.run_id):
         return RunOutcome(spec.run_id, spec.label(), "skipped")

@@ -3,7 +3,7 @@
 A training step frees and re-allocates the same large activations every step. glibc serves
 blocks above its mmap threshold with fresh mappings, whose pages fault in again on every step:
 at the paper's KV shapes (batch 32, 16 pairs) a GradMem step took 39k page faults at K=2 and
-54k at K=5 (0.2-0.4 s of system time per step on this machine's CPU); with the heap kept, none.
+54k at K=5 (0.2-0.4 s of system time per step on this machine's CPU); with the heap kept, 2-3.
 """
 from __future__ import annotations
 

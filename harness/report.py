@@ -80,13 +80,15 @@ def table1_markdown(frame: pd.DataFrame, scale: str) -> str:
     table = table[table["scale"] == scale] if not table.empty else table
     if table.empty:
         return f"_no capacity results at scale {scale}_\n"
-    table = table.assign(cell=[_cell(m, s, n) for m, s, n in zip(table.em_mean, table.em_std, table.seeds)])
+    seeds = table.groupby("label")["seeds"].max()
+    fewer = [f" ({n} of {seeds[label]} seeds)" if n < seeds[label] else "" for label, n in zip(table.label, table.seeds)]
+    table = table.assign(cell=[_cell(m, s, n) + note for m, s, n, note
+                               in zip(table.em_mean, table.em_std, table.seeds, fewer)])
     wide = table.pivot(index="label", columns="task.pairs", values="cell").fillna("")
     floats = table.groupby("label")["memory_floats"].max()
-    seeds = table.groupby("label")["seeds"].max()
+    wide.columns = [f"{int(c)} pairs" for c in wide.columns]
     wide.insert(0, "memory floats", floats.map(lambda v: f"{int(v):,}"))
     wide.insert(1, "seeds", seeds)
-    wide.columns = [f"{c} pairs" if isinstance(c, (int, np.integer)) else str(c) for c in wide.columns]
     return wide.reset_index().rename(columns={"label": "method"}).to_markdown(index=False) + "\n"
 
 

@@ -55,9 +55,10 @@ def exact_match_vs_pairs(frame: pd.DataFrame, scale: str, out: Path) -> Path | N
     if scale == "paper":
         for label, group in paper_table1().groupby("label"):
             ax.plot(group["pairs"], group["em_mean"], ls="--", alpha=0.3, color=palette.get(label, "grey"))
-    seeds = int(table["seeds"].max())
+    fewest, most = int(table["seeds"].min()), int(table["seeds"].max())
+    seeds = f"{most} seed{'s' if most > 1 else ''}" if fewest == most else f"{fewest}-{most} seeds per method"
     ax.set(xscale="log", xlabel="pairs in the context", ylabel="exact match (%)", ylim=(-2, 102),
-           title=f"KV retrieval capacity, {scale} scale ({seeds} seed{'s' if seeds > 1 else ''})"
+           title=f"KV retrieval capacity, {scale} scale ({seeds})"
                  + (" — dashed: paper" if scale == "paper" else ""))
     pairs = sorted(table["task.pairs"].unique())
     ax.minorticks_off()

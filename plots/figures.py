@@ -115,7 +115,8 @@ def steps_heatmap(frame: pd.DataFrame, scale: str, out: Path) -> Path | None:
             col = list(grid.columns).index(trained)
             ax.add_patch(plt.Rectangle((col, row), 1, 1, fill=False, edgecolor="red", lw=2))
     ax.set(xlabel="write steps at evaluation", ylabel="",
-           title=f"Exact match (%) with more write steps at evaluation, same weights\n({scale} scale; red box: K used in training)")
+           title=f"Exact match (%) with more write steps at evaluation, same weights\n({scale} scale, mean of "
+                 f"{subset['seed'].nunique()} seed(s); red box: K used in training)")
     return _save(fig, out / f"steps_heatmap_{scale}.png")
 
 

@@ -203,14 +203,9 @@ def resolve_section(section: str, values: dict, where: str) -> dict:
         name = values.pop("name", None)
         if name is None:
             raise HarnessError(f"{where} has no 'name'")
-        cls = registry.get_method(name) if section == "method" else registry.get_task(name)
-        resolved = dataclasses.asdict(build(cls.Config, values, f"{where}[{name}]"))
-        return {"name": name, **resolved}
-    if section == "backbone":
-        from harness.backbone import BackboneConfig
-        return dataclasses.asdict(build(BackboneConfig, values, where))
-    cls = {"train": TrainConfig, "eval": EvalConfig}[section]
-    return dataclasses.asdict(build(cls, values, where))
+        cls = _section_class(section, {"name": name})
+        return {"name": name, **dataclasses.asdict(build(cls, values, f"{where}[{name}]"))}
+    return dataclasses.asdict(build(_section_class(section, values), values, where))
 
 
 # ---------------------------------------------------------------- suites

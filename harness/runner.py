@@ -88,10 +88,10 @@ def seed_everything(seed: int) -> None:
 def execute_run(spec: RunSpec, out: Path, device: str = "cpu", cache_dir: Path = DEFAULT_CACHE,
                 progress: bool = True) -> RunOutcome:
     """Train and evaluate one run; write config.yaml, metrics.jsonl and summary.json."""
-    retain_freed_memory()
     directory = store.run_dir(out, spec.suite, spec.run_id)
     if store.is_finished(out, spec.suite, spec.run_id):
         return RunOutcome(spec.run_id, spec.label(), "skipped")
+    retain_freed_memory()
     started = time.time()
     seed_everything(spec.seed)
     task, method = build_run(spec)

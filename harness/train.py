@@ -121,10 +121,10 @@ class Trainer:
         return loss.item()
 
     def validate(self, task) -> float:
-        key = (self.state["stage"], self.config.eval_examples)
-        if key not in self._valid_sets:  # the same validation set at every evaluation of a stage
-            self._valid_sets[key] = task.examples("valid", self.config.eval_examples, seed=0)
-        valid = self._valid_sets[key]
+        stage = self.state["stage"]
+        if stage not in self._valid_sets:  # the same validation set at every evaluation of a stage
+            self._valid_sets[stage] = task.examples("valid", self.config.eval_examples, seed=0)
+        valid = self._valid_sets[stage]
         metrics = evaluate(self.method, task, valid, [None], self.eval_config.batch_size, 1, False, self.device)
         return next(iter(metrics.values()))["exact_match"]
 

@@ -2,7 +2,11 @@
 
 Each measurement runs in a fresh process (CPU peak memory = peak RSS above the RSS before the
 first step; CUDA: torch.cuda.max_memory_allocated). Ratios are to full_context measured by the
-same invocation. Matmul FLOPs per step (torch's FlopCounterMode, forward and backward) give
+same invocation. Training steps go through the trainer's path (`harness.pipeline.training_loss`:
+full context in one pass over [C; Q; Y]); the `plain LM` row is one forward/backward (and AdamW
+step) of the same LlamaForCausalLM over [C; Q; Y] with the usual 2D padding mask and the loss on
+the target tokens, and a line after the table gives the full-context step over it (issue 11:
+at most 1.2x). Matmul FLOPs per step (torch's FlopCounterMode, forward and backward) give
 each setting's floor: exact second order costs about 2 + 4 matmuls per write step and linear
 layer against 3 for a full-context step, so no implementation of the same computation can beat
 `flop_ratio` on a compute-bound device. Writes results/bench/step_cost_<device>.json and prints
@@ -17,12 +21,16 @@ import argparse
 import json
 import multiprocessing as mp
 import platform
+import queue as queues
 import resource
 import time
+import traceback
 from pathlib import Path
 
+PLAIN = "plain LM"   # not a method: the backbone alone over [C; Q; Y]
 SETTINGS = {
     "full_context": {"name": "full_context"},
+    PLAIN: {},
     "rmt": {"name": "rmt", "memory_size": 8},
     "gradmem K=1": {"name": "gradmem", "memory_size": 8, "write_steps": 1},
     "gradmem K=2": {"name": "gradmem", "memory_size": 8, "write_steps": 2},
@@ -50,7 +58,7 @@ def measure(label: str, pairs: int, batch_size: int, repeats: int, device: str, 
     from harness.backbone import build_backbone
     from harness.config import build
     from harness.data import collate
-    from harness.pipeline import target_loss, write_then_read
+    from harness.pipeline import training_loss, write_then_read
     from harness.registry import get_method, get_task
     torch.set_num_threads(threads)
     if retain:
@@ -59,17 +67,25 @@ def measure(label: str, pairs: int, batch_size: int, repeats: int, device: str, 
     task_cls = get_task("kv_retrieval")
     task = task_cls(build(task_cls.Config, {"pairs": pairs}, "task"))
     backbone = build_backbone({"layers": 4, "hidden": 128, "heads": 4, "ffn": 512}, task.tokenizer.vocab_size)
-    params = dict(SETTINGS[label])
-    if mode == "eval" and params["name"] == "gradmem":
-        params.update(EVAL_OPTIONS)
-    method_cls = get_method(params.pop("name"))
-    method = method_cls(build(method_cls.Config, params, "method"), backbone).to(device)
-    optimizer = torch.optim.AdamW(method.parameters(), lr=1e-4)
     batches = [collate(task.examples("train", batch_size, s), task, 1).to(device) for s in range(repeats + 1)]
+    if label == PLAIN:
+        method = backbone.to(device)
+        batches = [plain_sequences(batch) for batch in batches]
+    else:
+        params = dict(SETTINGS[label])
+        if mode == "eval" and params["name"] == "gradmem":
+            params.update(EVAL_OPTIONS)
+        method_cls = get_method(params.pop("name"))
+        method = method_cls(build(method_cls.Config, params, "method"), backbone).to(device)
+    optimizer = torch.optim.AdamW(method.parameters(), lr=1e-4)
 
     def train_step(batch):
-        logits, _ = write_then_read(method, batch)
-        loss = target_loss(logits, batch)
+        if label == PLAIN:
+            ids, mask, labels = batch
+            logits = backbone.model(input_ids=ids, attention_mask=mask).logits
+            loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten())
+        else:
+            loss, _ = training_loss(method, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -110,17 +126,49 @@ def measure(label: str, pairs: int, batch_size: int, repeats: int, device: str, 
             "contexts_per_second": batch_size / seconds}
 
 
+def plain_sequences(batch):
+    """[C; Q; Y] of each read as one right-padded row: ids, 2D mask, labels (-100 off the targets)."""
+    import torch
+    rows, labels = [], []
+    for q, b in enumerate(batch.context_index.tolist()):
+        context = batch.context_ids[b][batch.context_mask[b]]
+        read = batch.read_ids[q][batch.read_mask[q]]
+        target = torch.where(batch.target_mask[q][batch.read_mask[q]], read, -100)
+        rows.append(torch.cat([context, read]))
+        labels.append(torch.cat([torch.full_like(context, -100), target]))
+    length = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), length, dtype=torch.long, device=rows[0].device)
+    mask = torch.zeros_like(ids)
+    target = torch.full_like(ids, -100)
+    for i, (row, label) in enumerate(zip(rows, labels)):
+        ids[i, :len(row)], mask[i, :len(row)], target[i, :len(row)] = row, 1, label
+    return ids, mask, target
+
+
 def _child(queue, *args):
-    queue.put(measure(*args))
+    try:
+        queue.put(measure(*args))
+    except BaseException:
+        queue.put({"error": traceback.format_exc()})
+        raise
 
 
 def run_isolated(*args) -> dict:
+    """`measure(*args)` in a fresh process; its failure (or death) is raised here, never waited on."""
     context = mp.get_context("spawn")
     queue = context.Queue()
     process = context.Process(target=_child, args=(queue, *args))
     process.start()
-    result = queue.get()
+    while True:
+        try:
+            result = queue.get(timeout=5)
+            break
+        except queues.Empty:
+            if not process.is_alive():
+                raise RuntimeError(f"measuring {args[0]!r} ({args[5]}) died with exit code {process.exitcode}")
     process.join()
+    if "error" in result:
+        raise RuntimeError(f"measuring {args[0]!r} ({args[5]}) failed:\n{result['error']}")
     return result
 
 
@@ -158,6 +206,12 @@ def main(argv=None) -> int:
                                 "peak_mib", "memory_ratio", "page_faults",
                                 "contexts_per_second"]]
     print(table.to_markdown(index=False, floatfmt=".2f"))
+    for pairs in args.pairs:
+        step = {r["setting"]: r["seconds"] for r in rows if r["mode"] == "train" and r["pairs"] == pairs}
+        if "full_context" in step and PLAIN in step:
+            print(f"{pairs} pairs, batch {args.batch}: full-context training step {step['full_context'] * 1e3:.1f} ms, "
+                  f"plain forward/backward over [C; Q; Y] {step[PLAIN] * 1e3:.1f} ms: "
+                  f"{step['full_context'] / step[PLAIN]:.2f}x (target <= 1.2x)")
     machine = {"device": args.device, "threads": args.threads, "retain_freed_memory": not args.release_freed_memory,
                "platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
                "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None}

@@ -177,6 +177,15 @@ class Backbone(nn.Module):
         """The model without its LM head (returns last hidden states, after the final norm)."""
         return self.model.base_model
 
+    @property
+    def final_norm(self) -> nn.Module:
+        """The norm applied after the last block (Llama `norm`, GPT-2 `ln_f`, Mamba `norm_f`)."""
+        decoder = self.decoder
+        for name in ("norm", "ln_f", "norm_f"):
+            if hasattr(decoder, name):
+                return getattr(decoder, name)
+        raise AttributeError(f"no final norm found in {type(decoder).__name__}")
+
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(ids)
 
@@ -186,8 +195,8 @@ class Backbone(nn.Module):
         return contextlib.nullcontext()
 
     def hidden(self, inputs_embeds: torch.Tensor, attention_mask=None, position_ids=None,
-               cache=None, use_cache: bool = False):
-        """Last-layer hidden states (after the final norm) and the cache."""
+               cache=None, use_cache: bool = False, pre_norm: bool = False):
+        """Last-layer hidden states (after the final norm; before it with `pre_norm`) and the cache."""
         kwargs = {"inputs_embeds": inputs_embeds, "use_cache": use_cache}
         if attention_mask is not None:
             kwargs["attention_mask"] = attention_mask
@@ -195,10 +204,17 @@ class Backbone(nn.Module):
             kwargs["position_ids"] = position_ids
         if cache is not None:
             kwargs[self.cache_keyword] = cache
-        with self.attention_context():
-            out = self.decoder(**kwargs)
+        captured = []
+        hook = self.final_norm.register_forward_hook(lambda m, args, out: captured.append(args[0])) \
+            if pre_norm else None
+        try:
+            with self.attention_context():
+                out = self.decoder(**kwargs)
+        finally:
+            if hook is not None:
+                hook.remove()
         new_cache = next((out[k] for k in ("cache", "past_key_values", "cache_params") if k in out), None)
-        return out.last_hidden_state, new_cache
+        return (captured[-1] if pre_norm else out.last_hidden_state), new_cache
 
     def logits(self, inputs_embeds: torch.Tensor, **kwargs) -> torch.Tensor:
         hidden, _ = self.hidden(inputs_embeds, **kwargs)

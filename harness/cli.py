@@ -54,8 +54,12 @@ def print_registry() -> None:
 
 def print_plan(specs, out: Path) -> None:
     from harness import store
-    total = 0
+    from harness.tune import grid_cells, tune_id, tune_path
+    total, tunings = 0, {}
     for spec in specs:
+        tune = spec.train.get("tune")
+        if tune and not store.is_finished(out, spec.suite, spec.run_id) and not tune_path(out, spec).exists():
+            tunings[tune_id(spec)] = len(grid_cells(tune)) * tune["steps"] * spec.train["batch_size"]
         done = store.is_finished(out, spec.suite, spec.run_id)
         stages = spec.train["curriculum"] or [{}]
         cost = spec.train["steps"] * spec.train["batch_size"]
@@ -66,7 +70,9 @@ def print_plan(specs, out: Path) -> None:
               + (f" curriculum {curriculum}" if curriculum else "")
               + f" steps<={spec.train['steps']} batch={spec.train['batch_size']}")
     print(f"{len(specs)} runs, {sum(not store.is_finished(out, s.suite, s.run_id) for s in specs)} to train, "
-          f"at most {total:,} training contexts")
+          f"at most {total:,} training contexts"
+          + (f" + {sum(tunings.values()):,} for {len(tunings)} tunings (one per setting, shared by its seeds)"
+             if tunings else ""))
 
 
 def main(argv=None) -> int:

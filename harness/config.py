@@ -115,10 +115,17 @@ class TrainConfig:
     curriculum: list[dict] = field(default_factory=list)  # task overrides, one per stage
     advance_em: float = 0.95          # a stage ends when validation exact match reaches this
     stage_steps: int | None = None    # step budget of one stage (None: what is left)
+    collapse_drop: float | None = 0.2  # a stage collapses when validation EM falls this far below
+                                      # its best (None: only the loss-above-chance rule)
     precision: Literal["fp32", "bf16"] = "fp32"
+    tune: dict | None = None          # {grid: {lr: [...], warmup_steps: [...]}, steps: N, seed: 0}:
+                                      # pick the grid cell with the best validation EM after N
+                                      # steps of the first stage (harness.tune), then train with it
 
     def validate(self, where):
         non_negative(where, steps=self.steps, warmup_steps=self.warmup_steps, lr=self.lr)
+        if self.tune is not None:
+            check_tune(self.tune, f"{where}.tune")
         for key in ("batch_size", "eval_every", "eval_examples"):
             if getattr(self, key) < 1:
                 raise HarnessError(f"{where}.{key} = {getattr(self, key)!r} must be >= 1")
@@ -140,6 +147,32 @@ class EvalConfig:
             raise HarnessError(f"{where}: examples and batch_size must be >= 1")
         for k in self.write_steps or []:
             non_negative(where, write_steps=k)
+
+
+TUNE_KEYS = ("grid", "steps", "seed")
+
+
+def check_tune(tune: dict, where: str) -> None:
+    """A tuning spec: a grid over train settings, a step budget, the seed it runs with."""
+    _check_keys(tune, TUNE_KEYS, where)
+    grid = tune.get("grid")
+    if not isinstance(grid, dict) or not grid:
+        raise HarnessError(f"{where}.grid must be a non-empty mapping of train settings to lists of values")
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"tune", "curriculum", "steps", "stage_steps"}
+    for key, values in grid.items():
+        if key not in names:
+            raise HarnessError(f"{where}.grid key {key!r} is not a tunable train setting; valid: {', '.join(sorted(names))}")
+        if not isinstance(values, list) or not values:
+            raise HarnessError(f"{where}.grid.{key} must be a non-empty list")
+        hint = typing.get_type_hints(TrainConfig)[key]
+        for value in values:
+            if not _type_ok(value, hint):
+                raise HarnessError(f"{where}.grid.{key} value {value!r} has the wrong type; expected {_describe(hint)}")
+    steps, seed = tune.get("steps"), tune.get("seed", 0)
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise HarnessError(f"{where}.steps = {steps!r} must be a positive integer")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise HarnessError(f"{where}.seed = {seed!r} must be a non-negative integer")
 
 
 SECTIONS = ("task", "method", "backbone", "train", "eval")
@@ -168,8 +201,15 @@ class RunSpec:
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
     def label(self) -> str:
-        extras = {k: v for k, v in self.method.items() if k in ("write_steps", "write_passes", "order", "memory_size")}
-        inner = ",".join(f"{k}={v}" for k, v in extras.items())
+        """'rmt(memory_size=4,write_passes=1,reconstruction_weight=1.0) seed=0': the memory size, the
+        method's write-compute setting and its other settings that differ from their defaults, as
+        --dry-run prints and --match selects."""
+        cls = registry.get_method(self.method["name"])
+        axis = cls.write_axis(build(cls.Config, {k: v for k, v in self.method.items() if k != "name"}, "method"))
+        always = ["memory_size"] + ([axis["field"]] if axis else [])
+        settings = {k: self.method[k] for k in always if k in self.method}
+        settings.update((k, v) for k, v in _non_default("method", self.method).items() if k != "name")
+        inner = ",".join(f"{k}={v}" for k, v in settings.items())
         return f"{self.method['name']}({inner}) seed={self.seed}"
 
     def to_dict(self) -> dict:
@@ -301,7 +341,12 @@ def expand_suite(name: str, scale: str, methods: list[str] | None = None,
     suite_name = Path(name).stem
     specs, seen = [], set()
     for index, run in enumerate(runs):
-        _check_keys(run, SECTIONS, f"suite {name} run {index}")
+        _check_keys(run, (*SECTIONS, "seeds"), f"suite {name} run {index}")
+        run = dict(run)
+        run_seeds = seeds if seeds is not None else run.pop("seeds", seed_count)   # a run may have its own count
+        run.pop("seeds", None)
+        if not isinstance(run_seeds, int) or isinstance(run_seeds, bool) or run_seeds < 1:
+            raise HarnessError(f"seeds = {run_seeds!r} in suite {name} run {index} must be a positive integer")
         for combo in itertools.product(*(sweep[k] for k in sweep_keys)):
             tree = deep_merge(_shared_method_defaults(base, run, name), run)
             for key, value in zip(sweep_keys, combo):
@@ -314,7 +359,7 @@ def expand_suite(name: str, scale: str, methods: list[str] | None = None,
                     tree["task"]["data_dir"] = str(data_dir)
             where = f"suite {name} run {index}"
             resolved = {s: resolve_section(s, tree.get(s), f"{where} {s}") for s in SECTIONS}
-            for seed in range(seed_count):
+            for seed in range(run_seeds):
                 spec = RunSpec(suite=suite_name, scale=scale, seed=seed, **resolved)
                 if spec.run_id not in seen:
                     seen.add(spec.run_id)

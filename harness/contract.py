@@ -6,6 +6,7 @@ alone; the context never reaches `read` (see `harness.pipeline.write_then_read`)
 from __future__ import annotations
 
 import abc
+import math
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
@@ -48,10 +49,13 @@ class Memory:
             tuples/lists/dicts); `select` indexes them along that dimension.
     floats: size of one context's memory in numbers (same units for every method).
     log:    what the write logged, e.g. per-step inner loss and gradient norm.
+    aux_loss: a training-only loss term the method adds to the READ loss (e.g. RMT's
+            reconstruction of the context from memory); None for most methods.
     """
     state: Any
     floats: int
     log: dict = field(default_factory=dict)
+    aux_loss: Any = None
 
     def select(self, index: torch.Tensor) -> "Memory":
         """Memory for each query: row i is the memory of context index[i]."""
@@ -97,6 +101,29 @@ class Method(nn.Module, abc.ABC):
         """Compute of one write, in backbone passes over the context."""
         return {"forward": 1, "backward": 0}
 
+    # Self-description, read by reports and figures from each run's summary (summary["describe"]).
+    # Class methods of the config alone, so shipped results can be described without a backbone.
+    @classmethod
+    def display_label(cls, config) -> str:
+        """The method's name in tables and figures for this config (default: its registered name)."""
+        return cls.name
+
+    @classmethod
+    def write_axis(cls, config) -> dict | None:
+        """The write-compute axis, or None when the method has none.
+
+        {"name": what the axis counts (e.g. 'write steps'), "field": the config field that sets it
+        in training, "trained": its value in this config}. The values a run was evaluated at are
+        the keys of its stages' `eval` ('default' = the trained value).
+        """
+        return None
+
+    @classmethod
+    def describe(cls, config) -> dict:
+        """{"label": display label, "axis": write axis or None}: what the runner records."""
+        axis = cls.write_axis(config)
+        return {"label": cls.display_label(config), "axis": None if axis is None else dict(axis)}
+
 
 ROLE_NAMES = ("other", "key", "value")   # roles of context tokens, for the inner-loss split
 
@@ -126,6 +153,12 @@ class Task(abc.ABC):
     def context_roles(self, context_ids: Sequence[int]) -> list[int]:
         """Role of each context token, as an index into ROLE_NAMES (default: all 'other')."""
         return [0] * len(context_ids)
+
+    def chance_loss(self) -> float:
+        """Training loss (mean cross-entropy per target token) of a model that knows the answer
+        format but not the context; collapse detection compares the loss with it.
+        Default: a uniform guess over the vocabulary."""
+        return math.log(self.tokenizer.vocab_size)
 
     def max_lengths(self) -> tuple[int, int]:
         """Upper bounds (context tokens, query+target tokens) for validation against the backbone."""

@@ -1,6 +1,9 @@
 """The one place that runs a batch: write each context once, read once per query.
 
 The context goes to `write` only; `read` sees the memory and the query + target tokens.
+In training only, a method may instead give the same logits from one pass over the whole batch
+(`train_logits`; DESIGN: the full-context bound trains in one pass over [C; Q; Y]);
+evaluation always writes and reads.
 """
 from __future__ import annotations
 
@@ -17,6 +20,24 @@ def write_then_read(method: Method, batch: Batch, write_steps: int | None = None
     memory = method.write(batch.context_ids, batch.context_mask, write_steps)
     logits = method.read(memory.select(batch.context_index), batch.read_ids, batch.read_mask)
     return logits, memory
+
+
+def training_loss(method: Method, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss to optimise, READ loss on the targets) of a training step.
+
+    A training method with a `train_logits(batch)` hook (numerically write then read, computed
+    another way, e.g. full context in one pass) gives the logits; without the hook, or when it
+    returns None, the batch is written and read, and the memory's `aux_loss` (a training-only
+    term such as RMT's reconstruction loss) is added.
+    """
+    one_pass = getattr(method, "train_logits", None)
+    logits = one_pass(batch) if method.training and one_pass is not None else None
+    aux = None
+    if logits is None:
+        logits, memory = write_then_read(method, batch)
+        aux = memory.aux_loss
+    read_loss = target_loss(logits, batch)
+    return (read_loss if aux is None else read_loss + aux), read_loss
 
 
 def target_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:

@@ -1,109 +1,186 @@
-"""Tables from results: our exact match per method and pairs (mean ± std over seeds) beside the
-paper's Table 1; method labels shared with the figures."""
+"""Tables from results: our exact match per method and pairs (mean and 95% interval over seeds,
+collapsed runs marked) beside the paper's Tables 1 and 2, and the tuning grids.
+
+Every method-specific thing comes from the results themselves: each row's `label` and write
+axis (`axis`, `axis_trained`, `axis_value`) are the method's self-description recorded by the
+runner (see `harness.contract.Method.describe`); nothing here tests a method's name.
+"""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference"
 
+INTERVAL_NOTE = ("Cells: mean exact match (%) over seeds ± the half-width of its 95% interval "
+                 "(Student t over seeds: t(0.975, n-1) · sd / √n); a cell without ± comes from one seed; "
+                 "'(k of n seeds)': only k of the row's n seeds were scored in that column.")
+COLLAPSE_NOTE = ("† collapsed in training (validation EM fell more than 20 points below its best, or the "
+                 "training loss rose back above chance); the score comes from the best weights. "
+                 "'†(k of n)': k of the cell's n seeds collapsed.")
 
-def _param(row, key):
-    value = row.get(f"method.{key}") if hasattr(row, "get") else None
-    return None if value is None or (isinstance(value, float) and np.isnan(value)) else value
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def method_label(row) -> str:
-    """A short name for a method setting: 'gradmem K=2', 'gradmem 1st-order K=1', 'rmt x3'."""
-    name = row["method"]
-    if name == "gradmem":
-        order = _param(row, "order")
-        prefix = {"first": "gradmem 1st-order", "none": "gradmem no-meta"}.get(order, "gradmem")
-        return f"{prefix} K={int(_param(row, 'write_steps'))}"
-    if name == "rmt":
-        return f"rmt x{int(_param(row, 'write_passes'))}"
-    return name
+def labels(frame: pd.DataFrame) -> pd.Series:
+    """Each row's display label: the recorded self-description, else the method's name."""
+    if "label" not in frame:
+        return frame["method"].astype(str)
+    return frame["label"].where(frame["label"].notna(), frame["method"]).astype(str)
+
+
+def _own_setting(key, trained) -> bool:
+    """Whether an evaluation key ('default' or a write-axis value) is the trained setting."""
+    if _missing(key) or key == "default":
+        return True
+    if _missing(trained):
+        return False
+    try:
+        return float(key) == float(trained)
+    except (TypeError, ValueError):
+        return str(key) == str(trained)
 
 
 def trained_setting(frame: pd.DataFrame) -> pd.DataFrame:
     """Rows evaluated with the write setting the run was trained with."""
-    def own(row):
-        steps = _param(row, "write_steps") if row["method"] == "gradmem" else _param(row, "write_passes")
-        return row["eval_write_steps"] in ("default", str(int(steps)) if steps is not None else "default")
     if frame.empty:
         return frame
-    return frame[frame.apply(own, axis=1)]
+    keys = frame["eval_write_steps"] if "eval_write_steps" in frame else pd.Series("default", index=frame.index)
+    trained = frame["axis_trained"] if "axis_trained" in frame else pd.Series(None, index=frame.index, dtype=object)
+    return frame[[_own_setting(k, t) for k, t in zip(keys, trained)]]
+
+
+def interval(std: float, n: int) -> float:
+    """Half-width of the 95% Student-t interval of a mean of n values with sample std `std`
+    (NaN for fewer than two values)."""
+    if n < 2 or _missing(std):
+        return float("nan")
+    return float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
+
+
+def summarise(frame: pd.DataFrame, keys: list[str], value: str = "exact_match") -> pd.DataFrame:
+    """Per group of `keys`: em_mean, em_std, em_ci (95% half-width), n (values averaged), seeds
+    (distinct seeds), collapsed (how many of the values come from a stage that collapsed),
+    memory_floats, and em_seeds / collapsed_seeds (JSON lists, one entry per value)."""
+    frame = frame.assign(collapsed=frame["collapsed"].eq(True) if "collapsed" in frame else False)
+    if "memory_floats" not in frame:
+        frame = frame.assign(memory_floats=np.nan)
+    grouped = frame.groupby(keys, dropna=False).agg(
+        em_mean=(value, "mean"), em_std=(value, "std"), n=(value, "count"), seeds=("seed", "nunique"),
+        collapsed=("collapsed", "sum"), memory_floats=("memory_floats", "max"),
+        em_seeds=(value, lambda s: json.dumps([round(float(v), 4) for v in s])),
+        collapsed_seeds=("collapsed", lambda s: json.dumps([bool(v) for v in s]))).reset_index()
+    grouped["em_ci"] = [interval(s, n) for s, n in zip(grouped["em_std"], grouped["n"])]
+    grouped["collapsed"] = grouped["collapsed"].astype(int)
+    return grouped
 
 
 def capacity_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """Exact match per (scale, method label, memory floats, pairs): mean, std and seed count."""
+    """Exact match per (scale, label, pairs) at the trained setting: mean, std, 95% interval,
+    seed count and collapse count (see `summarise`)."""
     if frame.empty or "task.pairs" not in frame:
         return pd.DataFrame()
-    frame = trained_setting(frame.dropna(subset=["task.pairs"])).copy()
+    frame = trained_setting(frame.dropna(subset=["task.pairs"]))
     if frame.empty:
         return frame
-    frame["label"] = frame.apply(method_label, axis=1)
-    frame["memory_size"] = frame.get("method.memory_size")
-    keys = ["scale", "label", "task.pairs"]
-    grouped = frame.groupby(keys, dropna=False).agg(
-        em_mean=("exact_match", "mean"), em_std=("exact_match", "std"), seeds=("seed", "nunique"),
-        memory_floats=("memory_floats", "max"), em_seeds=("exact_match", lambda s: json.dumps([round(v, 4) for v in s])))
-    return grouped.reset_index()
+    return summarise(frame.assign(label=labels(frame)), ["scale", "label", "task.pairs"])
+
+
+def _largest(pairs: pd.Series, passed: pd.Series) -> int:
+    chosen = pairs[passed]
+    return int(chosen.max()) if len(chosen) else 0
 
 
 def capacity(frame: pd.DataFrame, threshold: float = 0.9) -> pd.DataFrame:
-    """Largest pairs whose mean exact match reaches `threshold`, per scale and method label."""
+    """Largest pairs whose mean exact match reaches `threshold`, per scale and label; with
+    capacity_low / capacity_high, the same read off the lower / upper end of the 95% intervals."""
     table = capacity_frame(frame)
     if table.empty:
         return table
     rows = []
     for (scale, label), group in table.groupby(["scale", "label"]):
-        passed = group[group["em_mean"] >= threshold]["task.pairs"]
-        rows.append({"scale": scale, "label": label, "capacity": int(passed.max()) if len(passed) else 0,
-                     "memory_floats": group["memory_floats"].max()})
+        spread = group["em_ci"].fillna(0)
+        rows.append({"scale": scale, "label": label,
+                     "capacity": _largest(group["task.pairs"], group["em_mean"] >= threshold),
+                     "capacity_low": _largest(group["task.pairs"], group["em_mean"] - spread >= threshold),
+                     "capacity_high": _largest(group["task.pairs"], group["em_mean"] + spread >= threshold),
+                     "collapsed": int(group["collapsed"].sum()), "memory_floats": group["memory_floats"].max()})
     return pd.DataFrame(rows)
 
 
-def _cell(mean, std, seeds) -> str:
-    if np.isnan(mean):
+def cell(mean, ci, n, row_seeds=None, collapsed=0) -> str:
+    """'97.3 ± 1.2', '52.0' (one seed), '58.9 ± 8.3 (2 of 3 seeds)', '90.1 †', '90.1 ± 3.0 †(1 of 3)'."""
+    if _missing(mean):
         return ""
-    spread = f" ± {100 * std:.1f}" if seeds > 1 and not np.isnan(std) else ""
-    return f"{100 * mean:.1f}{spread}"
+    text = f"{100 * mean:.1f}"
+    if n > 1 and not _missing(ci):
+        text += f" ± {100 * ci:.1f}"
+    if row_seeds is not None and n < row_seeds:
+        text += f" ({n} of {row_seeds} seeds)"
+    if collapsed:
+        text += " †" if collapsed >= n else f" †({collapsed} of {n})"
+    return text
+
+
+def _notes(table: pd.DataFrame) -> str:
+    notes = [INTERVAL_NOTE] + ([COLLAPSE_NOTE] if table["collapsed"].sum() else [])
+    return "\n" + "\n\n".join(notes) + "\n"
+
+
+def _wide(table: pd.DataFrame, column: str, names) -> pd.DataFrame:
+    """Cells of `table` pivoted to one row per label and one column per value of `column`."""
+    row_seeds = table.groupby("label")["n"].max()
+    table = table.assign(cell=[cell(m, c, n, row_seeds[label], k) for m, c, n, label, k
+                               in zip(table.em_mean, table.em_ci, table.n, table.label, table.collapsed)])
+    wide = table.pivot(index="label", columns=column, values="cell").fillna("")
+    wide.columns = [names(c) for c in wide.columns]
+    return wide
 
 
 def table1_markdown(frame: pd.DataFrame, scale: str) -> str:
-    """Exact match (%) per method and pairs of the capacity suite at one scale, mean ± std over seeds."""
+    """Exact match (%) per method and pairs of the capacity suite at one scale: mean ± 95% interval
+    over seeds, collapsed runs marked, with the notes saying so."""
     table = capacity_frame(frame[frame["suite"] == "capacity"]) if not frame.empty else frame
     table = table[table["scale"] == scale] if not table.empty else table
     if table.empty:
         return f"_no capacity results at scale {scale}_\n"
-    seeds = table.groupby("label")["seeds"].max()
-    fewer = [f" ({n} of {seeds[label]} seeds)" if n < seeds[label] else "" for label, n in zip(table.label, table.seeds)]
-    table = table.assign(cell=[_cell(m, s, n) + note for m, s, n, note
-                               in zip(table.em_mean, table.em_std, table.seeds, fewer)])
-    wide = table.pivot(index="label", columns="task.pairs", values="cell").fillna("")
-    floats = table.groupby("label")["memory_floats"].max()
-    wide.columns = [f"{int(c)} pairs" for c in wide.columns]
-    wide.insert(0, "memory floats", floats.map(lambda v: f"{int(v):,}"))
-    wide.insert(1, "seeds", seeds)
-    return wide.reset_index().rename(columns={"label": "method"}).to_markdown(index=False) + "\n"
+    wide = _wide(table, "task.pairs", lambda c: f"{int(c)} pairs")
+    wide.insert(0, "memory floats", table.groupby("label")["memory_floats"].max().map(lambda v: f"{int(v):,}"))
+    wide.insert(1, "seeds", table.groupby("label")["seeds"].max())
+    return wide.reset_index().rename(columns={"label": "method"}).to_markdown(index=False) + "\n" + _notes(table)
+
+
+PAPER_METHODS = {"gradmem_first_order": {"name": "gradmem", "order": "first"}}
+"""Method strings of the paper's CSVs that are not a registered name: the spec they stand for."""
+
+
+def paper_label(method: str, write_setting) -> str:
+    """Our label of a paper row: the registered method's own description, its write axis set to
+    the CSV's `write_steps` when the method has one."""
+    from harness.describe import describe_spec
+    spec = dict(PAPER_METHODS.get(method, {"name": method}))
+    axis = describe_spec(spec)["axis"]
+    if axis is not None and not _missing(write_setting):
+        spec[axis["field"]] = int(write_setting)
+    return describe_spec(spec)["label"]
 
 
 def paper_table1() -> pd.DataFrame:
     """The paper's Table 1 (results/reference/paper_table1_kv.csv) with our method labels."""
     paper = pd.read_csv(REFERENCE / "paper_table1_kv.csv", comment="#")
-    names = {"gradmem_first_order": "first", "gradmem": "second"}
-    paper["label"] = [method_label({"method": "gradmem" if m in names else m, "method.order": names.get(m),
-                                    "method.write_steps": k, "method.write_passes": k})
-                      for m, k in zip(paper.method, paper.write_steps)]
+    paper["label"] = [paper_label(m, k) for m, k in zip(paper.method, paper.write_steps)]
     return paper
 
 
 def paper_table1_markdown() -> str:
-    """The paper's Table 1 in the same layout."""
+    """The paper's Table 1 in the same layout (mean ± std over 3 runs, as the paper gives it)."""
     paper = paper_table1()
     paper["cell"] = [f"{m:.1f} ± {s:.1f}" for m, s in zip(paper.em_mean, paper.em_std)]
     wide = paper.pivot(index="label", columns="pairs", values="cell").fillna("")
@@ -112,27 +189,75 @@ def paper_table1_markdown() -> str:
 
 
 def table2_markdown(frame: pd.DataFrame, scale: str) -> str:
-    """Exact match (%) per method on bAbI QA1-QA5 and Short SQuAD at one scale (mean ± std)."""
+    """Exact match (%) per method on bAbI QA1-QA5 and Short SQuAD at one scale: mean ± 95% interval
+    over seeds, collapsed runs marked."""
     if frame.empty:
         return f"_no bAbI / SQuAD results at scale {scale}_\n"
     subset = trained_setting(frame[frame["suite"].isin(["babi", "squad"]) & (frame["scale"] == scale)])
     if subset.empty:
         return f"_no bAbI / SQuAD results at scale {scale}_\n"
-    subset = subset.assign(label=subset.apply(method_label, axis=1),
+    qa = subset["task.qa"] if "task.qa" in subset else pd.Series(0, index=subset.index)
+    subset = subset.assign(label=labels(subset),
                            column=[f"babi_qa{int(q)}" if s == "babi" else "short_squad"
-                                   for s, q in zip(subset["suite"], subset.get("task.qa", pd.Series(0, index=subset.index)).fillna(0))])
-    grouped = subset.groupby(["label", "column"])["exact_match"].agg(["mean", "std", "count"]).reset_index()
-    grouped["cell"] = [_cell(m, s, n) for m, s, n in zip(grouped["mean"], grouped["std"], grouped["count"])]
-    wide = grouped.pivot(index="label", columns="column", values="cell").fillna("")
-    return wide.reset_index().rename(columns={"label": "method"}).to_markdown(index=False) + "\n"
+                                   for s, q in zip(subset["suite"], qa.fillna(0))])
+    table = summarise(subset, ["label", "column"])
+    wide = _wide(table, "column", str)
+    wide.insert(0, "seeds", table.groupby("label")["seeds"].max().astype(str))
+    return wide.reset_index().rename(columns={"label": "method"}).to_markdown(index=False, disable_numparse=True) \
+        + "\n" + _notes(table)
 
 
 def paper_table2_markdown() -> str:
-    """The paper's Table 2 (pretrained backbones) in the same layout."""
+    """The paper's Table 2 (pretrained backbones) in the same layout (mean ± std, as the paper gives it)."""
     paper = pd.read_csv(REFERENCE / "paper_table2_nlp.csv", comment="#")
     paper = paper[paper["task"] != "lm_ce"]
-    paper["label"] = [f"{method_label({'method': m, 'method.write_steps': k, 'method.write_passes': k})} ({b})"
-                      for m, k, b in zip(paper.method, paper.write_steps, paper.backbone)]
+    paper["label"] = [f"{paper_label(m, k)} ({b})" for m, k, b in zip(paper.method, paper.write_steps, paper.backbone)]
     paper["cell"] = [f"{m:.1f} ± {s:.1f}" for m, s in zip(paper.value_mean, paper.value_std)]
     wide = paper.pivot(index="label", columns="task", values="cell").fillna("")
     return wide.reset_index().rename(columns={"label": "method"}).to_markdown(index=False) + "\n"
+
+
+def _setting(values: dict, keys) -> str:
+    return ", ".join(f"{k}={values[k]:g}" if isinstance(values.get(k), (int, float)) else f"{k}={values.get(k)}"
+                     for k in keys)
+
+
+def tuning_markdown(frame: pd.DataFrame | str | Path, suite: str, scale: str) -> str:
+    """One row per method label (and tuning record) of a suite at one scale: the validation exact
+    match (%) of every cell of the tuning grid, the chosen setting (bold), the seed and steps it was
+    tuned with, and the seeds whose runs used it. `frame` may be a results folder."""
+    if not isinstance(frame, pd.DataFrame):
+        from harness import store
+        frame = store.load(frame)
+    if frame.empty or "tuning" not in frame:
+        return f"_no tuning records for {suite} at scale {scale}_\n"
+    runs = frame[(frame["suite"] == suite) & (frame["scale"] == scale) & frame["tuning"].notna()]
+    if runs.empty:
+        return f"_no tuning records for {suite} at scale {scale}_\n"
+    floats = runs.groupby("run_id")["memory_floats"].max() if "memory_floats" in runs else None
+    runs = runs.drop_duplicates("run_id").assign(label=lambda r: labels(r))
+    rows, columns = [], []
+    for (label, record), group in runs.groupby(["label", "tuning"], sort=True):
+        tuning = json.loads(record)
+        keys = list(tuning.get("grid", {}))
+        chosen = tuning.get("chosen") or {}
+        row = {"method": label}
+        if floats is not None:
+            row["memory floats"] = f"{int(floats[group['run_id']].max()):,}" if floats[group["run_id"]].notna().any() else ""
+        for entry in tuning.get("cells", []):
+            name = _setting(entry, keys)
+            if name not in columns:
+                columns.append(name)
+            em = entry.get("valid_em")
+            text = "—" if _missing(em) else f"{100 * em:.1f}"
+            row[name] = f"**{text}**" if all(entry.get(k) == chosen.get(k) for k in keys) else text
+        row.update({"chosen": _setting(chosen, keys), "tuned on seed": tuning.get("seed"),
+                    "tuning steps": tuning.get("steps"),
+                    "used by seeds": ", ".join(str(int(s)) for s in sorted(group["seed"].unique()))})
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    head = ["method"] + (["memory floats"] if "memory floats" in table else [])
+    table = table[head + columns + ["chosen", "tuned on seed", "tuning steps", "used by seeds"]].fillna("")
+    return (table.astype(str).to_markdown(index=False, disable_numparse=True) + "\n\nCells: validation exact match (%) of each grid setting after "
+            "the tuning steps on the first curriculum stage; bold: the setting chosen for training; "
+            "—: no score (the cell failed or diverged).\n")

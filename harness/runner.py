@@ -20,6 +20,7 @@ from harness.config import EvalConfig, RunSpec, TrainConfig, build
 from harness.data import PretrainedCodec
 from harness.errors import HarnessError
 from harness.train import Trainer
+from harness.tune import tune
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -93,11 +94,15 @@ def execute_run(spec: RunSpec, out: Path, device: str = "cpu", cache_dir: Path =
         return RunOutcome(spec.run_id, spec.label(), "skipped")
     retain_freed_memory()
     started = time.time()
+    tuning, train = None, spec.train
+    if spec.train.get("tune"):
+        tuning = tune(spec, out, device)
+        train = {**spec.train, **tuning["chosen"]}
     seed_everything(spec.seed)
     task, method = build_run(spec)
     method.to(device)
     store.write_yaml(directory / "config.yaml", spec.to_dict())
-    trainer = Trainer(method, task, build(TrainConfig, spec.train, "train"),
+    trainer = Trainer(method, task, build(TrainConfig, train, "train"),
                       build(EvalConfig, spec.eval, "eval"), spec.seed, device,
                       directory / "metrics.jsonl", Path(cache_dir) / "checkpoints" / spec.run_id,
                       label=spec.label(), progress=progress)
@@ -109,7 +114,8 @@ def execute_run(spec: RunSpec, out: Path, device: str = "cpu", cache_dir: Path =
                "memory_floats": floats, "write_passes": method.write_passes(),
                "parameters": sum(p.numel() for p in method.parameters()),
                "wall_seconds": time.time() - started, "device": device, "versions": versions(),
-               "spec": spec.to_dict()}
+               "spec": spec.to_dict(), "tuning": tuning,
+               "describe": method.describe(method.config)}  # label and write axis, for reports
     store.write_json(directory / "summary.json", summary)
     trainer.discard_resume_point()  # finished: a later run of this spec starts afresh
     return RunOutcome(spec.run_id, spec.label(), result["status"], summary["wall_seconds"])

@@ -62,20 +62,48 @@ def _flatten(prefix: str, mapping: dict) -> dict:
             for k, v in mapping.items()}
 
 
+def _axis_value(key: str, trained):
+    """The value of a method's write axis that an evaluation key stands for ('default' = trained)."""
+    if key == "default":
+        return trained
+    try:
+        return int(key)
+    except ValueError:
+        try:
+            return float(key)
+        except ValueError:
+            return key
+
+
 def summary_rows(summary: dict) -> list[dict]:
-    """One row per (curriculum stage, evaluated write steps) of a run summary."""
+    """One row per (curriculum stage, evaluated write steps) of a run summary.
+
+    Besides the spec and metrics, each row carries the method's self-description (`label`; `axis`,
+    `axis_trained`, `axis_value`: the write axis's name, trained value and the value this row was
+    evaluated at, None without an axis; a summary without "describe" gets the method's name and no
+    axis), `collapsed` (the run collapsed in this stage; False when not recorded) and `tuning`
+    (the run's tuning record as JSON, None when it was not tuned).
+    """
     spec = summary["spec"]
+    description = summary.get("describe") or {"label": spec["method"]["name"], "axis": None}
+    axis = description.get("axis") or {}
+    tuning = summary.get("tuning")
+    collapsed_stages = {c.get("stage") for c in summary.get("collapses") or []}
     base = {"suite": spec["suite"], "scale": spec["scale"], "run_id": summary["run_id"],
             "method": spec["method"]["name"], "seed": spec["seed"], "status": summary["status"],
+            "label": description["label"], "axis": axis.get("name"), "axis_trained": axis.get("trained"),
+            "collapsed": False, "tuning": json.dumps(tuning) if tuning else None,
             "train_seconds": summary.get("train_seconds"), "train_steps": summary.get("steps"),
             **_flatten("method", {k: v for k, v in spec["method"].items() if k != "name"}),
             **_flatten("task", spec["task"]), **_flatten("backbone", spec["backbone"])}
     rows = []
     for stage in summary.get("stages", []):
+        collapsed = bool(stage.get("collapsed", stage["stage"] in collapsed_stages))
         for steps, metrics in stage["eval"].items():
             row = {**base, **_flatten("task", stage["task"]), "stage": stage["stage"],
                    "stage_steps": stage["steps"], "best_valid_em": stage["best_valid_em"],
-                   "eval_write_steps": steps}
+                   "eval_write_steps": steps, "collapsed": collapsed,
+                   "axis_value": _axis_value(steps, axis.get("trained")) if axis else None}
             row.update({k: v for k, v in metrics.items() if not isinstance(v, (list, dict))})
             for name, values in metrics.items():
                 if name.startswith("inner_loss") and values:

@@ -1,12 +1,15 @@
-"""Outer loop: AdamW, warmup, clipping, periodic validation, early stop, curriculum, resume.
+"""Outer loop: AdamW, warmup, clipping, periodic validation, stages, collapse detection, resume.
 
 A curriculum is a list of task overrides (e.g. pairs 2 -> 4 -> 8). A stage ends when validation
 exact match reaches `advance_em` (the last stage: `target_em`), when `patience` evaluations pass
-without improvement, or when its step budget runs out; the best weights of the stage are kept,
-evaluated on the test split, and the next stage starts from them (as the paper's runs for more
-pairs start from the checkpoint of fewer). A checkpoint after every evaluation lets a killed run
-resume where it stopped; training batches are a function of (seed, step), so the resumed run
-sees the same data.
+without improvement, or when its step budget `stage_steps` runs out (the same budget for every
+method of a suite); the best weights of the stage are kept, evaluated on the test split, and the
+next stage starts from them (as the paper's runs for more pairs start from the checkpoint of
+fewer). A stage collapses when its validation exact match falls more than `collapse_drop` below
+the stage's best, or when the training loss rises above the task's chance level after having
+been below it; the run is then recorded `collapsed` (its scores still come from the best
+weights). A checkpoint after every evaluation lets a killed run resume where it stopped;
+training batches are a function of (seed, step), so the resumed run sees the same data.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from harness import store
 from harness.config import EvalConfig, TrainConfig
 from harness.data import collate
 from harness.evaluate import evaluate
-from harness.pipeline import target_loss, write_then_read
+from harness.pipeline import training_loss
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,8 @@ def _cpu_state(module: torch.nn.Module) -> dict:
 class Trainer:
     def __init__(self, method, task, train: TrainConfig, eval_config: EvalConfig, seed: int,
                  device, metrics_path: Path, checkpoint_dir: Path | None, label: str = "run",
-                 progress: bool = True):
+                 progress: bool = True, test_at_stage_end: bool = True):
+        self.test_at_stage_end = test_at_stage_end
         self.method, self.base_task, self.config, self.eval_config = method, task, train, eval_config
         self.seed, self.device, self.label, self.progress = seed, torch.device(device), label, progress
         self.metrics_path, self.checkpoint_dir = Path(metrics_path), checkpoint_dir
@@ -58,7 +62,8 @@ class Trainer:
         self._valid_sets: dict = {}
         self.state = {"step": 0, "stage": 0, "stage_step": 0, "best_em": -1.0, "since_best": 0,
                       "best_state": None, "stage_results": [], "train_seconds": 0.0,
-                      "status": "running", "diverged_step": None}
+                      "status": "running", "diverged_step": None,
+                      "best_step": 0, "below_chance": False, "collapse": None, "collapses": []}
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint_path(self) -> Path | None:
@@ -108,8 +113,7 @@ class Trainer:
         batch = collate(examples, task, cfg.queries_per_context).to(self.device)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
         with autocast:
-            logits, _ = write_then_read(self.method, batch)
-            loss = target_loss(logits, batch)
+            loss, read_loss = training_loss(self.method, batch)
         if not torch.isfinite(loss):
             return float("nan")
         self.optimizer.zero_grad(set_to_none=True)
@@ -118,7 +122,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.method.parameters(), cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
-        return loss.item()
+        return read_loss.item()
 
     def validate(self, task) -> float:
         stage = self.state["stage"]
@@ -129,17 +133,44 @@ class Trainer:
         return next(iter(metrics.values()))["exact_match"]
 
     def finish_stage(self, task) -> None:
+        """Restore the stage's best weights, score them on the test split (unless `test_at_stage_end`
+        is off, as in tuning) and move to the next stage."""
         s = self.state
         if s["best_state"] is not None:
             self.method.load_state_dict(s["best_state"])
-        test = task.examples("test", self.eval_config.examples, seed=0)
-        steps = self.eval_config.write_steps or self.method.eval_write_steps()
-        metrics = evaluate(self.method, task, test, steps, self.eval_config.batch_size,
-                           self.eval_config.queries_per_context, self.eval_config.generate, self.device)
+        metrics = {}
+        if self.test_at_stage_end:
+            test = task.examples("test", self.eval_config.examples, seed=0)
+            steps = self.eval_config.write_steps or self.method.eval_write_steps()
+            metrics = evaluate(self.method, task, test, steps, self.eval_config.batch_size,
+                               self.eval_config.queries_per_context, self.eval_config.generate, self.device)
         task_params = {k: v for k, v in vars(task.config).items()}
+        collapse = s["collapse"]
+        if collapse is not None:
+            collapse["final_em"] = s["last_em"]
+            s["collapses"].append(collapse)
         s["stage_results"].append({"stage": s["stage"], "task": task_params, "steps": s["stage_step"],
-                                   "best_valid_em": s["best_em"], "eval": metrics})
-        s.update(stage=s["stage"] + 1, stage_step=0, best_em=-1.0, since_best=0, best_state=None)
+                                   "best_valid_em": s["best_em"], "best_step": s["best_step"],
+                                   "final_valid_em": s.get("last_em"), "collapsed": collapse is not None,
+                                   "eval": metrics})
+        s.update(stage=s["stage"] + 1, stage_step=0, best_em=-1.0, since_best=0, best_state=None,
+                 best_step=0, below_chance=False, collapse=None)
+
+    def check_collapse(self, em: float, loss: float, chance: float) -> None:
+        """Record the stage's first collapse: validation EM `collapse_drop` below the stage's best,
+        or the training loss above chance after having been below it."""
+        s, drop = self.state, self.config.collapse_drop
+        reason = None
+        if drop is not None and em < s["best_em"] - drop:
+            reason = "valid_em_drop"
+        elif s["below_chance"] and loss > chance:
+            reason = "loss_above_chance"
+        s["below_chance"] = s["below_chance"] or loss < chance
+        if reason and s["collapse"] is None:
+            s["collapse"] = {"stage": s["stage"], "task": self.stages[s["stage"]], "step": s["step"],
+                             "best_em": s["best_em"], "best_step": s["best_step"], "reason": reason}
+            log.warning("%s: collapsed at step %d (%s; best validation EM %.3f at step %d, now %.3f)",
+                        self.label, s["step"], reason, s["best_em"], s["best_step"], em)
 
     def run(self) -> dict:
         """Train through every stage; returns status, per-stage results, steps, seconds."""
@@ -170,12 +201,15 @@ class Trainer:
                 out_of_steps = s["step"] >= cfg.steps or s["stage_step"] >= budget
                 if s["step"] % cfg.eval_every == 0 or out_of_steps:
                     em = self.validate(task)
+                    mean_loss = sum(recent) / len(recent)
+                    self.check_collapse(em, mean_loss, task.chance_loss())
+                    s["last_em"] = em
                     if em > s["best_em"]:
-                        s.update(best_em=em, since_best=0, best_state=_cpu_state(self.method))
+                        s.update(best_em=em, best_step=s["step"], since_best=0, best_state=_cpu_state(self.method))
                     else:
                         s["since_best"] += 1
                     record = {"step": s["step"], "stage": s["stage"], "task": self.stages[s["stage"]],
-                              "loss": sum(recent) / len(recent), "valid_em": em,
+                              "loss": mean_loss, "valid_em": em,
                               "lr": self.scheduler.get_last_lr()[0], "seconds": round(s["train_seconds"], 3)}
                     recent = []
                     store.append_jsonl(self.metrics_path, record)
@@ -192,6 +226,6 @@ class Trainer:
                 break
         bar.close()
         if s["status"] == "running":
-            s["status"] = "finished"
+            s["status"] = "collapsed" if s["collapses"] else "finished"
         return {"status": s["status"], "diverged_step": s["diverged_step"], "steps": s["step"],
-                "train_seconds": s["train_seconds"], "stages": s["stage_results"]}
+                "train_seconds": s["train_seconds"], "stages": s["stage_results"], "collapses": s["collapses"]}

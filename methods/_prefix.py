@@ -4,10 +4,18 @@ Not a method itself (modules starting with `_` are not discovered).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from harness.contract import Memory, Method
+from harness.pipeline import at_least_fp32
+
+
+def reconstruction_suffix(config) -> str:
+    return " + recon" if getattr(config, "reconstruction_weight", 0) > 0 else ""
 
 
 class PrefixMemoryMethod(Method):
@@ -41,6 +49,25 @@ class PrefixMemoryMethod(Method):
         hidden, _ = self.backbone.hidden(inputs)
         m = memory.shape[1]
         return hidden[:, m - 1: m - 1 + token_ids.shape[1]]
+
+    @classmethod
+    def display_label(cls, config) -> str:
+        """The method's name, '+ recon' when trained with the reconstruction loss."""
+        return cls.name + reconstruction_suffix(config)
+
+    def with_reconstruction(self, memory: Memory, context_ids: torch.Tensor, context_mask: torch.Tensor) -> Memory:
+        """In training with `reconstruction_weight` > 0, attach that times the reconstruction loss
+        as the memory's training-only `aux_loss` (the official RMT code's reconstruction loss:
+        the context read back from the memory, next-token cross-entropy over its real tokens,
+        per example then over the batch). The write itself is unchanged."""
+        weight = getattr(self.config, "reconstruction_weight", 0.0)
+        if not (self.training and weight > 0):
+            return memory
+        logits = at_least_fp32(self.read(memory, context_ids, context_mask))
+        token_loss = F.cross_entropy(logits.transpose(1, 2), context_ids, reduction="none")
+        mask = context_mask.to(token_loss.dtype)
+        loss = ((token_loss * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
+        return dataclasses.replace(memory, aux_loss=weight * loss)
 
     def read(self, memory: Memory, read_ids: torch.Tensor, read_mask: torch.Tensor) -> torch.Tensor:
         return self.backbone.lm_head(self.prefix_hidden(memory.state, read_ids))

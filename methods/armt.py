@@ -1,18 +1,52 @@
-"""ARMT: RMT with a per-layer associative memory written by a gated delta rule.
+"""ARMT (Rodkin et al., 2024, arXiv 2407.04841): a per-layer associative memory over RMT slots.
 
-WRITE runs the backbone on [M0; C; M0] (trailing slots after the real tokens, as RMT). At every
-layer l, the input states h_j of the m trailing slots give keys phi_j = DPFP(W_k h_j), values
-v_j = W_v h_j and gates b_j = sigmoid(W_b h_j), written one slot after another:
-    prev_j = phi_j A / (phi_j . z + eps);  A += b_j phi_j^T (v_j - prev_j);  z += phi_j
-(A: F x d, z: F, F = 2 * d_mem * nu). READ runs [M0; query; target], and before every layer l
-each token's state h gets h + q A_l / (q . z_l + eps), q = DPFP(W_q h). The memory that crosses
-from write to read is (A_l, z_l) for every layer: layers * F * (d + 1) floats (198,144 at the
-paper's KV setting: 4 layers, d 128, d_mem 64, nu 3); the prefix M0 is a learned constant.
+What the code does, per decoder layer l (d: hidden width, F = 2 * d_mem * nu features):
+- Features: phi(x) = L2-normalise(DPFP_nu(x)), DPFP_nu(x) = [r * roll(r, 1), ..., r * roll(r, nu)]
+  with r = [relu(x), relu(-x)] (Schlag et al., 2021). Keys and queries both go through phi.
+- WRITE runs the backbone once on [M0; C; M0] (trailing slots right after each context's real
+  tokens, `write_slot_sequence` of RMT). A forward hook takes the layer's OUTPUT states m_j at
+  the m trailing slots: keys phi_j = phi(W_k m_j), values v_j = W_v m_j, gates
+  b_j = sigmoid(w_b . m_j + c_b) (one scalar per slot). One segment updates (A, z) from the
+  state (A', z') before it, all slots at once:
+      prev_j  = phi_j A' / (phi_j . z' + eps)
+      gamma_j = clip(1 - (phi_j . z' + eps) / |phi_j|^2, 0, 1)   (detached; 1 with use_gamma off)
+      A = A' + sum_j b_j phi_j^T (v_j - prev_j)          z = z' + sum_j gamma_j phi_j
+  and for the first segment (empty memory) prev_j = 0, gamma_j = 1. The context is ONE
+  segment, so by default A = sum_j b_j phi_j^T v_j, z = sum_j phi_j, and the layer reads
+  nothing during WRITE (ARMT skips the read on the first segment). With
+  `slot_update: sequential` every slot is its own segment instead (slot 1 as above, slots 2..m
+  with the delta rule and gamma against the slots before them).
+- READ runs [M0; query; target]; a forward pre-hook on every layer l replaces the layer's input
+  h by h + phi(W_q h) A_l / (phi(W_q h) . z_l + eps), for every token; the layer reads only at its
+  input.
+- Memory crossing from write to read: state {"matrix": (B, layers, F, d), "normaliser":
+  (B, layers, F)}; layers * F * (d + 1) floats (198,144 at the paper's KV setting: 4 layers,
+  d 128, d_mem 64, nu 3). M0 is a learned constant.
+
+Source: RodkinIvan/associative-recurrent-memory-transformer, modeling_amt/language_modeling.py
+(`dpfp`/`DPFP`, `AssociativeLayerWrapper.associate`, `.forward`, `.update_mem`): forward = if not
+first segment, h = associate(h) + h; out = layer(h); update_mem(out[0][:, -num_mem_tokens:]).
+associate/update_mem apply F.normalize(p=2) after DPFP, eps 1e-5 in both denominators,
+new_info_coef (gamma) = clip(1 - denom / |mk|^2, 0, 1).detach() with denom = z.mk + 1e-5, z += sum
+gamma mk (not gated), W_mem += sum b mk^T (v - prev); W_mb: Linear(d, n_heads) with bias; nu 3.
+
+Where this deviates from that code, and why:
+- Memory tokens: ARMT runs [segment; mem] (write slots at the end only); here the harness's
+  prefix convention is kept, [M0; C; M0] to write and [M0; query; target] to read, so ARMT shares
+  READ and the trailing-slot placement with GradMem and RMT.
+- One context = one segment (write once, read many): the paper's KV runs give each pair its own
+  segment, so their delta rule and gamma act across pairs; here they act only with
+  `slot_update: sequential` (an option of this harness, not of the code).
+- W_v is not zero-initialised (the code zeroes it): with A = 0 the read is 0 whatever the
+  context, W_q and W_k get no gradient at initialisation, and the contract tests (the memory
+  carries the context; every parameter gets a gradient) would fail. Default nn.Linear init.
+- A single head (the code's default n_heads = 1); no ACT, no gating of the value per dimension.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -32,12 +66,21 @@ class ARMTConfig:
     nu: int = 3              # DPFP order: features = 2 * d_mem * nu
     memory_map: bool = False
     init_std: float = 0.02
-    eps: float = 1e-5
+    eps: float = 1e-5        # in the denominators of the write's retrieval and of the read
+    use_gamma: bool = True   # ARMT's `correction`: normaliser grows by gamma * phi, not phi
+    slot_update: Literal["parallel", "sequential"] = "parallel"  # slots of a segment against the
+                             # memory before it (ARMT code), or one slot after another
+    reconstruction_weight: float = 0.0  # training only: the context read back from the memory
+                             # (as RMT's reconstruction loss, methods/_prefix.py)
 
     def validate(self, where):
+        if not self.reconstruction_weight >= 0:
+            raise HarnessError(f"{where}.reconstruction_weight = {self.reconstruction_weight} must be >= 0")
         for key in ("memory_size", "d_mem", "nu"):
             if getattr(self, key) < 1:
                 raise HarnessError(f"{where}.{key} = {getattr(self, key)} must be >= 1")
+        if self.slot_update not in ("parallel", "sequential"):
+            raise HarnessError(f"{where}.slot_update = {self.slot_update!r}: choose 'parallel' or 'sequential'")
 
 
 def dpfp(x: torch.Tensor, nu: int) -> torch.Tensor:
@@ -46,21 +89,38 @@ def dpfp(x: torch.Tensor, nu: int) -> torch.Tensor:
     return torch.cat([r * torch.roll(r, shifts=i, dims=-1) for i in range(1, nu + 1)], dim=-1)
 
 
-def associative_write(keys: torch.Tensor, values: torch.Tensor, gates: torch.Tensor, eps: float):
-    """Gated delta rule over slots, in order. keys (B, m, F), values (B, m, d), gates (B, m, 1)."""
-    batch, slots, features = keys.shape
-    matrix = keys.new_zeros(batch, features, values.shape[-1])
-    normaliser = keys.new_zeros(batch, features)
-    for j in range(slots):
-        phi = keys[:, j]
-        previous = torch.einsum("bf,bfd->bd", phi, matrix) / ((phi * normaliser).sum(-1, keepdim=True) + eps)
-        matrix = matrix + torch.einsum("bf,bd->bfd", phi, gates[:, j] * (values[:, j] - previous))
-        normaliser = normaliser + phi
+def feature_map(x: torch.Tensor, nu: int) -> torch.Tensor:
+    """Keys and queries of the associative memory: DPFP, then L2-normalised (as the ARMT code)."""
+    return F.normalize(dpfp(x, nu), p=2.0, dim=-1)
+
+
+def associative_write(keys: torch.Tensor, values: torch.Tensor, gates: torch.Tensor,
+                      matrix: torch.Tensor | None = None, normaliser: torch.Tensor | None = None,
+                      use_gamma: bool = True, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+    """One segment's update of (A, z), all its slots against the memory before it.
+
+    keys (B, m, F) features, values (B, m, d), gates (B, m, 1); matrix (B, F, d) and normaliser
+    (B, F) the memory before the segment, None for the first segment (empty memory: nothing is
+    retrieved and gamma = 1).
+    """
+    if matrix is None:
+        matrix = keys.new_zeros(keys.shape[0], keys.shape[-1], values.shape[-1])
+        normaliser = keys.new_zeros(keys.shape[0], keys.shape[-1])
+        previous, gamma = torch.zeros_like(values), 1.0
+    else:
+        denominator = torch.einsum("bmf,bf->bm", keys, normaliser).unsqueeze(-1) + eps
+        previous = torch.einsum("bmf,bfd->bmd", keys, matrix) / denominator
+        gamma = 1.0
+        if use_gamma:
+            gamma = (1 - denominator / keys.pow(2).sum(-1, keepdim=True)).clamp(0, 1).detach()
+    matrix = matrix + torch.einsum("bmf,bmd->bfd", keys, gates * (values - previous))
+    normaliser = normaliser + (gamma * keys).sum(1)
     return matrix, normaliser
 
 
-def associative_read(queries: torch.Tensor, matrix: torch.Tensor, normaliser: torch.Tensor, eps: float):
-    """Retrieval for every token: queries (B, L, F) -> (B, L, d)."""
+def associative_read(queries: torch.Tensor, matrix: torch.Tensor, normaliser: torch.Tensor,
+                     eps: float = 1e-5) -> torch.Tensor:
+    """Retrieval for every token: queries (B, L, F) features -> (B, L, d)."""
     numerator = torch.einsum("blf,bfd->bld", queries, matrix)
     return numerator / (torch.einsum("blf,bf->bl", queries, normaliser).unsqueeze(-1) + eps)
 
@@ -68,23 +128,22 @@ def associative_read(queries: torch.Tensor, matrix: torch.Tensor, normaliser: to
 @register_method
 class ARMT(PrefixMemoryMethod):
     name = "armt"
-    summary = "per-layer associative matrices written by a gated delta rule over DPFP features (layers*F*(d+1) floats)"
+    summary = ("per-layer associative matrices written from each layer's output at the memory slots "
+               "(DPFP keys, delta rule, gamma-corrected normaliser), read at each layer's input "
+               "(layers*F*(d+1) floats)")
     Config = ARMTConfig
 
     def __init__(self, config: ARMTConfig, backbone):
         super().__init__(config, backbone)
-        d, layers = backbone.hidden_size, self._layers(backbone)
+        d, layers = backbone.hidden_size, backbone.layers
         self.query_proj = nn.ModuleList(nn.Linear(d, config.d_mem, bias=False) for _ in layers)
         self.key_proj = nn.ModuleList(nn.Linear(d, config.d_mem, bias=False) for _ in layers)
         self.value_proj = nn.ModuleList(nn.Linear(d, d, bias=False) for _ in layers)
         self.gate_proj = nn.ModuleList(nn.Linear(d, 1) for _ in layers)
-        self._action = None
+        self._action = None   # ("write", (slots, captured)) or ("read", (matrix, normaliser)); None: inert
         for index, layer in enumerate(layers):
-            layer.register_forward_pre_hook(partial(self._layer_hook, index), with_kwargs=True)
-
-    @staticmethod
-    def _layers(backbone) -> nn.ModuleList:
-        return backbone.layers
+            layer.register_forward_pre_hook(partial(self._read_hook, index), with_kwargs=True)
+            layer.register_forward_hook(partial(self._capture_hook, index))
 
     @property
     def features(self) -> int:
@@ -93,41 +152,53 @@ class ARMT(PrefixMemoryMethod):
     def memory_floats(self) -> int:
         return len(self.query_proj) * self.features * (self.backbone.hidden_size + 1)
 
-    def _layer_hook(self, index, module, args, kwargs):
-        if self._action is None:
+    def _read_hook(self, index, module, args, kwargs):
+        if self._action is None or self._action[0] != "read":
             return None
+        matrix, normaliser = self._action[1]
         hidden = args[0] if args else kwargs["hidden_states"]
-        kind, payload = self._action
-        if kind == "capture":
-            slots, captured = payload
-            captured.append(hidden[slots])
-            return None
-        matrix, normaliser = payload
-        queries = dpfp(self.query_proj[index](hidden), self.config.nu)
+        queries = feature_map(self.query_proj[index](hidden), self.config.nu)
         hidden = hidden + associative_read(queries, matrix[:, index], normaliser[:, index], self.config.eps)
         if args:
             return (hidden, *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": hidden}
 
+    def _capture_hook(self, index, module, args, output):
+        if self._action is None or self._action[0] != "write":
+            return None
+        slots, captured = self._action[1]
+        hidden = output[0] if isinstance(output, (tuple, list)) else output
+        captured[index] = hidden[slots]
+        return None
+
+    def write_layer(self, index: int, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A_l, z_l) written from layer `index`'s output states (B, m, d) at the memory slots."""
+        config = self.config
+        keys = feature_map(self.key_proj[index](states), config.nu)
+        values = self.value_proj[index](states)
+        gates = torch.sigmoid(self.gate_proj[index](states))
+        update = partial(associative_write, use_gamma=config.use_gamma, eps=config.eps)
+        if config.slot_update == "parallel":
+            return update(keys, values, gates)
+        matrix = normaliser = None
+        for j in range(keys.shape[1]):
+            matrix, normaliser = update(keys[:, j:j + 1], values[:, j:j + 1], gates[:, j:j + 1], matrix, normaliser)
+        return matrix, normaliser
+
     def write(self, context_ids, context_mask, write_steps=None) -> Memory:
         memory = self.initial_memory.unsqueeze(0).expand(len(context_ids), -1, -1)
         inputs, slots = write_slot_sequence(self.memory_embeddings(memory), self.backbone.embed(context_ids),
                                             context_mask.sum(1))
-        captured: list[torch.Tensor] = []
-        self._action = ("capture", (slots, captured))
+        captured: dict[int, torch.Tensor] = {}
+        self._action = ("write", (slots, captured))
         try:
             self.backbone.hidden(inputs)
         finally:
             self._action = None
-        matrices, normalisers = [], []
-        for index, states in enumerate(captured):
-            keys = dpfp(self.key_proj[index](states), self.config.nu)
-            gates = torch.sigmoid(self.gate_proj[index](states))
-            matrix, normaliser = associative_write(keys, self.value_proj[index](states), gates, self.config.eps)
-            matrices.append(matrix)
-            normalisers.append(normaliser)
-        state = {"matrix": torch.stack(matrices, 1), "normaliser": torch.stack(normalisers, 1)}
-        return Memory(state=state, floats=self.memory_floats())
+        written = [self.write_layer(index, captured[index]) for index in range(len(self.query_proj))]
+        state = {"matrix": torch.stack([m for m, _ in written], 1),
+                 "normaliser": torch.stack([z for _, z in written], 1)}
+        return self.with_reconstruction(Memory(state=state, floats=self.memory_floats()), context_ids, context_mask)
 
     def read(self, memory: Memory, read_ids, read_mask):
         prefix = self.initial_memory.unsqueeze(0).expand(len(read_ids), -1, -1)

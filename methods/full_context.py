@@ -2,6 +2,12 @@
 
 READ continues from that cache (pads masked, positions continuing after the real context),
 so its target logits equal those of the backbone on [C; Q; Y].
+
+Training may skip the cache (DESIGN: "The full-context bound may train in one pass over
+[C; Q; Y]"): `train_logits` packs each context and all its reads into one row,
+[C; Q1 Y1; Q2 Y2; ...], with a 4D attention mask that lets every read attend to the real
+context tokens and causally to itself only, and positions of every read continuing at len(C):
+numerically what write then read computes, in one backbone pass (tests/test_contract.py).
 """
 from __future__ import annotations
 
@@ -13,10 +19,70 @@ from transformers import DynamicCache
 from harness.contract import Memory, Method
 from harness.registry import register_method
 
+# attention implementations that add a custom 4D float mask to the scores as given
+# (transformers' masking_utils returns a 4D mask unchanged)
+ADDITIVE_MASK_ATTENTION = ("harness_eager", "eager", "sdpa")
+CONTEXT, PAD = -1, -2   # segment ids of packed positions; reads are 0..Q-1
+
 
 @dataclass
 class FullContextConfig:
     pass
+
+
+@dataclass
+class PackedReads:
+    """Each context and its reads in one right-padded row (B, L), and where each read sits."""
+    ids: torch.Tensor            # (B, L) token ids
+    segment: torch.Tensor        # (B, L) CONTEXT, the read's index q, or PAD
+    positions: torch.Tensor      # (B, L) position ids: context k -> k, read token j -> len(C) + j
+    predictor: torch.Tensor      # (Q, Lr) column of the row whose state predicts read token j
+
+
+def pack_reads(context_ids, context_mask, read_ids, read_mask, context_index) -> PackedReads:
+    """Row b = [real tokens of context b; real tokens of its reads, in batch order; pads]."""
+    device = context_ids.device
+    context_lengths = context_mask.sum(1)                                   # (B,)
+    read_lengths = read_mask.sum(1)                                         # (Q,)
+    # start of each read in its row: its context's length + the lengths of that context's
+    # earlier reads (an exclusive cumulative sum over the reads grouped by context)
+    order = torch.argsort(context_index, stable=True)
+    grouped = context_index[order]
+    before = torch.cumsum(read_lengths[order], 0) - read_lengths[order]
+    group_start = torch.zeros_like(context_lengths).scatter_reduce(0, grouped, before, "amin", include_self=False)
+    starts = torch.empty_like(read_lengths)
+    starts[order] = before - group_start[grouped] + context_lengths[grouped]  # (Q,)
+    row_lengths = context_lengths.scatter_add(0, context_index, read_lengths)
+    batch, length, width = len(context_ids), int(row_lengths.max()), context_ids.shape[1]
+
+    ids = torch.zeros((batch, length), dtype=context_ids.dtype, device=device)
+    segment = torch.full((batch, length), PAD, dtype=torch.long, device=device)
+    positions = torch.arange(length, device=device).expand(batch, -1).clone()
+    ids[:, :width] = context_ids * context_mask
+    segment[:, :width] = segment[:, :width].masked_fill(context_mask, CONTEXT)
+    offsets = torch.arange(read_ids.shape[1], device=device)
+    rows = context_index[:, None].expand_as(read_ids)[read_mask]
+    columns = (starts[:, None] + offsets)[read_mask]
+    ids[rows, columns] = read_ids[read_mask]
+    segment[rows, columns] = torch.arange(len(read_ids), device=device)[:, None].expand_as(read_ids)[read_mask]
+    positions[rows, columns] = (context_lengths[context_index][:, None] + offsets)[read_mask]
+    # read token 0 is predicted by the context's last real token, token j > 0 by read token j-1
+    last_context = (context_lengths[context_index] - 1).clamp(min=0)
+    predictor = torch.cat([last_context[:, None], starts[:, None] + offsets[:-1]], 1).clamp(max=length - 1)
+    return PackedReads(ids, segment, positions, predictor)
+
+
+def packed_attention_mask(segment: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive (B, 1, L, L) mask: a position attends to earlier real context tokens and to
+    earlier positions of its own segment (so a read sees the context and itself, not other
+    reads, not pads); the diagonal is always open (no empty softmax row)."""
+    query, key = segment[:, :, None], segment[:, None, :]
+    length = segment.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=segment.device).tril()
+    allowed = causal & ((key == CONTEXT) | (key == query))
+    allowed = allowed | torch.eye(length, dtype=torch.bool, device=segment.device)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=segment.device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
 
 @register_method
@@ -50,3 +116,18 @@ class FullContext(Method):
                                          position_ids=positions, cache=cache)
         logits = self.backbone.lm_head(hidden)
         return torch.cat([state["next_logits"].unsqueeze(1), logits[:, :-1]], dim=1)
+
+    def train_logits(self, batch) -> torch.Tensor | None:
+        """Logits (Q, Lr, V) of write then read, from one pass over [C; Q1 Y1; Q2 Y2; ...] per context.
+
+        None (the pipeline then writes and reads) for an attention that takes no custom 4D mask.
+        """
+        if getattr(self.backbone.model.config, "_attn_implementation", None) not in ADDITIVE_MASK_ATTENTION:
+            return None
+        packed = pack_reads(batch.context_ids, batch.context_mask, batch.read_ids, batch.read_mask,
+                            batch.context_index)
+        inputs = self.backbone.embed(packed.ids)
+        hidden, _ = self.backbone.hidden(inputs, attention_mask=packed_attention_mask(packed.segment, inputs.dtype),
+                                         position_ids=packed.positions)
+        predicting = hidden[batch.context_index[:, None], packed.predictor]     # (Q, Lr, d)
+        return self.backbone.lm_head(predicting)

@@ -152,3 +152,13 @@ class GradMem(PrefixMemoryMethod):
     def write_passes(self, write_steps=None):
         steps = self.config.write_steps if write_steps is None else write_steps
         return {"forward": steps, "backward": steps}
+
+    @classmethod
+    def display_label(cls, config):
+        """'gradmem K=2', 'gradmem 1st-order K=1', 'gradmem no-meta K=1'."""
+        prefix = {"first": f"{cls.name} 1st-order", "none": f"{cls.name} no-meta"}.get(config.order, cls.name)
+        return f"{prefix} K={config.write_steps}"
+
+    @classmethod
+    def write_axis(cls, config):
+        return {"name": "write steps", "field": "write_steps", "trained": config.write_steps}

@@ -26,7 +26,8 @@ class QueryOnly(Method):
         self.start = nn.Parameter(torch.randn(1, backbone.hidden_size) * config.init_std)
 
     def write(self, context_ids, context_mask, write_steps=None) -> Memory:
-        return Memory(state=torch.zeros(context_ids.shape[0], 0), floats=0)
+        # on the model's device: Memory.select indexes it with the batch's context index
+        return Memory(state=self.start.new_zeros(context_ids.shape[0], 0), floats=0)
 
     def read(self, memory, read_ids, read_mask):
         start = self.start.unsqueeze(0).expand(read_ids.shape[0], -1, -1)

@@ -10,13 +10,14 @@ init) is on by default: the official RMT stays at chance without it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from harness.contract import Memory
 from harness.errors import HarnessError
 from harness.registry import register_method
-from methods._prefix import PrefixMemoryMethod
+from methods._prefix import PrefixMemoryMethod, reconstruction_suffix
 
 
 @dataclass
@@ -25,9 +26,18 @@ class RMTConfig:
     write_passes: int = 1       # the paper's "RMT xK": 1..5
     memory_map: bool = True     # learned linear map on the memory input, identity init
     residual: bool = False      # new memory = previous + written states
+    memory_source: Literal["final", "residual"] = "final"  # last-layer states after the final
+                                # norm (RMS ~1, the paper's code) or before it (the residual stream)
+    write_scale: float | None = None  # RMS-normalise each written vector to this (e.g. the
+                                # embeddings' 0.02); None: keep the states' own scale
+    reconstruction_weight: float = 0.0  # training only: add this times the cross-entropy of the
+                                # context read back from [M; C] (the official RMT code's
+                                # reconstruction loss); the write stays forward-only
     init_std: float = 0.02
 
     def validate(self, where):
+        if not self.reconstruction_weight >= 0:
+            raise HarnessError(f"{where}.reconstruction_weight = {self.reconstruction_weight} must be >= 0")
         if self.memory_size < 1:
             raise HarnessError(f"{where}.memory_size = {self.memory_size} must be >= 1")
         if self.write_passes < 1:
@@ -56,8 +66,10 @@ class RMT(PrefixMemoryMethod):
     def write_pass(self, memory: torch.Tensor, context_ids: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
         inputs, slots = write_slot_sequence(self.memory_embeddings(memory), self.backbone.embed(context_ids),
                                             context_mask.sum(1))
-        hidden, _ = self.backbone.hidden(inputs)
+        hidden, _ = self.backbone.hidden(inputs, pre_norm=self.config.memory_source == "residual")
         written = hidden[slots]
+        if self.config.write_scale is not None:
+            written = written * (self.config.write_scale * torch.rsqrt(written.pow(2).mean(-1, keepdim=True) + 1e-12))
         return memory + written if self.config.residual else written
 
     def write(self, context_ids, context_mask, write_steps=None) -> Memory:
@@ -67,10 +79,20 @@ class RMT(PrefixMemoryMethod):
         memory = self.initial_memory.unsqueeze(0).expand(len(context_ids), -1, -1)
         for _ in range(passes):
             memory = self.write_pass(memory, context_ids, context_mask)
-        return Memory(state=memory, floats=self.memory_floats(), log={"write_passes": passes})
+        return self.with_reconstruction(Memory(state=memory, floats=self.memory_floats(),
+                                               log={"write_passes": passes}), context_ids, context_mask)
 
     def eval_write_steps(self):
         return [self.config.write_passes]
 
     def write_passes(self, write_steps=None):
         return {"forward": self.config.write_passes if write_steps is None else write_steps, "backward": 0}
+
+    @classmethod
+    def display_label(cls, config):
+        """'rmt x3': the paper's RMT xK ('+ recon' when trained with the reconstruction loss)."""
+        return f"{cls.name} x{config.write_passes}{reconstruction_suffix(config)}"
+
+    @classmethod
+    def write_axis(cls, config):
+        return {"name": "write passes", "field": "write_passes", "trained": config.write_passes}

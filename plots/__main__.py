@@ -6,7 +6,8 @@ import logging
 from pathlib import Path
 
 from harness import store
-from harness.report import paper_table1_markdown, paper_table2_markdown, table1_markdown, table2_markdown
+from harness.report import (paper_table1_markdown, paper_table2_markdown, table1_markdown, table2_markdown,
+                            tuning_markdown)
 from plots.figures import FIGURES
 
 
@@ -25,19 +26,26 @@ def main(argv=None) -> int:
             path = figure(frame, scale, out)
             if path:
                 made.append(path)
-    tables = ["# Table 1: KV retrieval exact match (%)\n"]
+    tables = ["# Table 1: KV retrieval exact match (%): mean ± 95% interval over seeds (paper: mean ± std)\n"]
     for scale in scales:
         tables += [f"\n## This harness, {scale} scale\n\n", table1_markdown(frame, scale)]
-    tables += ["\n## The paper (arXiv 2603.13875), Table 1 (paper scale: N{n}-K2V2-V62, 4 x 128, 8 memory vectors)\n\n",
+    tables += ["\n## The paper (arXiv 2603.13875), Table 1 (paper scale: N{n}-K2V2-V62, 4 x 128, 8 memory vectors; mean ± std over 3 runs)\n\n",
                paper_table1_markdown()]
     out.mkdir(parents=True, exist_ok=True)
     (out / "table1_kv.md").write_text("".join(tables))
-    nlp = ["# Table 2: bAbI QA1-QA5 and Short SQuAD, exact match (%)\n"]
+    nlp = ["# Table 2: bAbI QA1-QA5 and Short SQuAD, exact match (%): mean ± 95% interval over seeds (paper: mean ± std)\n"]
     for scale in scales:
         nlp += [f"\n## This harness, {scale} scale (from-scratch backbone, generated bAbI)\n\n", table2_markdown(frame, scale)]
-    nlp += ["\n## The paper (arXiv 2603.13875), Table 2 (pretrained backbones, bAbI release data)\n\n",
+    nlp += ["\n## The paper (arXiv 2603.13875), Table 2 (pretrained backbones, bAbI release data; mean ± std)\n\n",
             paper_table2_markdown()]
     (out / "table2_nlp.md").write_text("".join(nlp))
+    if not frame.empty and "tuning" in frame:
+        tuned = frame[frame["tuning"].notna()]
+        for suite, scale in sorted(set(zip(tuned["suite"], tuned["scale"]))):
+            path = out / f"tuning_{suite}_{scale}.md"
+            path.write_text(f"# Tuning grid, {suite} suite, {scale} scale: validation exact match (%)\n\n"
+                            + tuning_markdown(frame, suite, scale))
+            logging.info("wrote %s", path)
     logging.info("wrote %d figures and %s", len(made), out / "table1_kv.md")
     return 0
 

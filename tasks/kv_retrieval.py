@@ -11,6 +11,7 @@ selects (test 10%, valid 10%, train 80%), on top of separate seeds per split.
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import string
 from dataclasses import dataclass
@@ -120,6 +121,12 @@ class KVRetrieval(Task):
             elif attempts > 50 * count + 1000:
                 raise HarnessError(f"cannot draw {count} {split} examples for {self.config}")
         return out
+
+    def chance_loss(self) -> float:
+        """A uniform guess over the value symbols at each value token, the format tokens known."""
+        symbols = self.config.alphabet if self.config.format == "paper" else self.config.value_symbols
+        target_tokens = self.config.value_length + (2 if self.config.format == "paper" else 0)  # `!|`
+        return self.config.value_length * math.log(symbols) / target_tokens
 
     def score_mask(self, target_ids: Sequence[int]) -> list[bool]:
         value_tokens = self.config.value_length

@@ -4,7 +4,7 @@ import torch
 
 from harness.backbone import build_backbone
 from harness.data import collate
-from methods.armt import associative_read, associative_write, dpfp
+from methods.armt import associative_read, associative_write, dpfp, feature_map
 from tests.conftest import make_method, make_task
 
 PAPER_KV = {"layers": 4, "hidden": 128, "heads": 4, "ffn": 512}
@@ -86,36 +86,90 @@ def test_dpfp_features():
     assert dpfp(torch.randn(3, 5, 64), 3).shape == (3, 5, 384)
 
 
+def _dpfp_unit_by_hand(x, nu):
+    """DPFP written out index by index, then divided by its Euclidean norm."""
+    r = [max(v, 0.0) for v in x] + [max(-v, 0.0) for v in x]
+    n = len(r)
+    phi = torch.tensor([r[i] * r[(i - shift) % n] for shift in range(1, nu + 1) for i in range(n)],
+                       dtype=torch.float64)
+    return phi / phi.pow(2).sum().sqrt()
+
+
 def test_armt_write_and_read_match_a_step_by_hand():
-    torch.manual_seed(0)
-    keys, values = torch.rand(1, 2, 3, dtype=torch.float64), torch.randn(1, 2, 2, dtype=torch.float64)
-    gates = torch.tensor([[[0.5], [0.25]]], dtype=torch.float64)
-    eps = 1e-5
-    # slot 1: empty memory retrieves nothing; A = b1 k1 v1^T, z = k1
-    k1, k2, v1, v2 = keys[0, 0], keys[0, 1], values[0, 0], values[0, 1]
-    a = 0.5 * torch.outer(k1, v1)
-    z = k1.clone()
-    # slot 2: delta rule against what the memory already returns for k2
-    previous = (k2 @ a) / (k2 @ z + eps)
-    a = a + 0.25 * torch.outer(k2, v2 - previous)
-    z = z + k2
-    matrix, normaliser = associative_write(keys, values, gates, eps)
-    assert torch.allclose(matrix[0], a) and torch.allclose(normaliser[0], z)
-    query = torch.rand(1, 1, 3, dtype=torch.float64)
-    expected = (query[0, 0] @ a) / (query[0, 0] @ z + eps)
-    assert torch.allclose(associative_read(query, matrix, normaliser, eps)[0, 0], expected)
+    """Segment 1 (two slots, empty memory), segment 2 (three slots: delta rule and gamma), a read."""
+    nu, eps = 2, 1e-5
+    raw_keys = [[[1.0, -2.0, 0.5], [0.3, 1.0, -1.5]],
+                [[1.0, -0.5, 1.0], [-1.0, 1.0, -0.5], [1.0, -2.0, 0.5]]]   # (segment, slot, d_mem)
+    values = [torch.tensor([[0.3, -1.2, 2.0], [1.1, 0.4, -0.7]], dtype=torch.float64),
+              torch.tensor([[-0.5, 0.9, 0.2], [0.8, -0.3, 1.4], [0.1, 0.6, -0.9]], dtype=torch.float64)]
+    gates = [torch.tensor([0.5, 0.25], dtype=torch.float64), torch.tensor([0.75, 0.6, 0.4], dtype=torch.float64)]
+    phi = [[_dpfp_unit_by_hand(k, nu) for k in segment] for segment in raw_keys]
+    for segment in range(2):
+        computed = feature_map(torch.tensor([raw_keys[segment]], dtype=torch.float64), nu)[0]
+        assert torch.allclose(computed, torch.stack(phi[segment]), rtol=0, atol=1e-12)
+    # segment 1, empty memory: nothing retrieved, gamma = 1
+    a = sum(gates[0][j] * torch.outer(phi[0][j], values[0][j]) for j in range(2))
+    z = phi[0][0] + phi[0][1]
+    # segment 2: each slot against the memory after segment 1
+    new_a, new_z, gammas = a.clone(), z.clone(), []
+    for j in range(3):
+        denominator = phi[1][j] @ z + eps
+        previous = (phi[1][j] @ a) / denominator
+        gamma = min(max(1 - denominator / (phi[1][j] @ phi[1][j]), 0.0), 1.0)
+        gammas.append(float(gamma))
+        new_a = new_a + gates[1][j] * torch.outer(phi[1][j], values[1][j] - previous)
+        new_z = new_z + gamma * phi[1][j]
+    # the correction is exercised: two slots strictly inside (0, 1), the repeated key clipped to 0
+    assert all(0.1 < g < 0.9 for g in gammas[:2]) and gammas[2] == 0.0, gammas
+
+    keys = [torch.stack(segment)[None] for segment in phi]
+    matrix, normaliser = associative_write(keys[0], values[0][None], gates[0][None, :, None], eps=eps)
+    assert torch.allclose(matrix[0], a, rtol=0, atol=1e-10) and torch.allclose(normaliser[0], z, rtol=0, atol=1e-10)
+    matrix, normaliser = associative_write(keys[1], values[1][None], gates[1][None, :, None], matrix, normaliser,
+                                           eps=eps)
+    assert torch.allclose(matrix[0], new_a, rtol=0, atol=1e-10)
+    assert torch.allclose(normaliser[0], new_z, rtol=0, atol=1e-10)
+    _, plain_z = associative_write(keys[1], values[1][None], gates[1][None, :, None], a[None], z[None],
+                                   use_gamma=False, eps=eps)
+    assert torch.allclose(plain_z[0], z + sum(phi[1]), rtol=0, atol=1e-10)
+
+    query = _dpfp_unit_by_hand([0.7, -0.2, 0.4], nu)
+    expected = (query @ new_a) / (query @ new_z + eps)
+    read = associative_read(query[None, None], matrix, normaliser, eps)
+    assert torch.allclose(read[0, 0], expected, rtol=0, atol=1e-10)
 
 
-def test_armt_read_changes_with_the_written_association(compact_task):
+def test_armt_writes_layer_zero_from_its_output_at_the_trailing_slots(compact_task):
     method = make_method("armt", compact_task, torch.float64, memory_size=2, d_mem=4, nu=2).eval()
+    examples = compact_task.examples("test", 2, 0)
+    assert examples[0].context != examples[1].context
+    batch = collate(examples, compact_task, 1)
+    matrix = method.write(batch.context_ids, batch.context_mask).state["matrix"]
+    assert not torch.allclose(matrix[0, 0], matrix[1, 0])   # the old design wrote layer 0 from M0 alone
+    m0 = method.initial_memory
+    for row, example in enumerate(examples):
+        ids = torch.tensor([compact_task.tokenizer.encode(example.context)])
+        inputs = torch.cat([m0[None], method.backbone.embed(ids), m0[None]], dim=1)
+        states = method.backbone.decoder(inputs_embeds=inputs, output_hidden_states=True).hidden_states[1][0, -2:]
+        keys = feature_map(method.key_proj[0](states), 2)
+        gates = torch.sigmoid(method.gate_proj[0](states))
+        expected = torch.einsum("mf,md->fd", keys, gates * method.value_proj[0](states))
+        assert torch.allclose(matrix[row, 0], expected, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("slot_update", ["parallel", "sequential"])
+def test_armt_read_changes_with_the_written_association(slot_update, compact_task):
+    method = make_method("armt", compact_task, torch.float64, memory_size=2, d_mem=4, nu=2,
+                         slot_update=slot_update).eval()
     batch = collate(compact_task.examples("test", 2, 0), compact_task, 1)
     memory = method.write(batch.context_ids, batch.context_mask)
     assert memory.state["matrix"].shape == (2, 2, 2 * 4 * 2, 16)
+    assert memory.state["normaliser"].shape == (2, 2, 2 * 4 * 2)
     zero = type(memory)({k: torch.zeros_like(v) for k, v in memory.state.items()}, memory.floats)
     with_memory = method.read(memory, batch.read_ids, batch.read_mask)
     without = method.read(zero, batch.read_ids, batch.read_mask)
     assert not torch.allclose(with_memory, without)
-    method._action = None  # hooks are inactive outside write/read
+    assert method._action is None  # hooks are inert outside write/read
     plain = method.backbone.lm_head(method.prefix_hidden(
         method.initial_memory.expand(2, -1, -1), batch.read_ids))
     assert torch.allclose(plain, without)

@@ -169,11 +169,11 @@ def test_a_run_killed_mid_training_resumes_from_its_checkpoint(tmp_path, monkeyp
 
 def test_nan_loss_marks_the_run_diverged_and_the_sweep_goes_on(tmp_path, monkeypatch):
     import harness.train as train_module
-    real_loss = train_module.target_loss
+    real_loss = train_module.training_loss
 
-    def nan_for_gradmem(logits, batch):
-        loss = real_loss(logits, batch)
-        return loss * float("nan") if logits.shape[-1] and _is_gradmem[0] else loss
+    def nan_for_gradmem(method, batch):
+        loss, read_loss = real_loss(method, batch)
+        return (loss * float("nan"), read_loss * float("nan")) if _is_gradmem[0] else (loss, read_loss)
 
     _is_gradmem = [False]
     real_execute = runner.execute_run
@@ -182,7 +182,7 @@ def test_nan_loss_marks_the_run_diverged_and_the_sweep_goes_on(tmp_path, monkeyp
         _is_gradmem[0] = spec.method["name"] == "gradmem"
         return real_execute(spec, *args, **kwargs)
 
-    monkeypatch.setattr(train_module, "target_loss", nan_for_gradmem)
+    monkeypatch.setattr(train_module, "training_loss", nan_for_gradmem)
     monkeypatch.setattr(runner, "execute_run", execute)
     assert run(["--suite", write_suite(tmp_path)], tmp_path) == 0
     results = {json.loads(p.read_text())["spec"]["method"]["name"]: json.loads(p.read_text()) for p in summaries(tmp_path)}

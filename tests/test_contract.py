@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from harness.data import collate
-from harness.pipeline import target_loss, write_then_read
+from harness.pipeline import target_loss, training_loss, write_then_read
 from harness.registry import METHODS
 from tests.conftest import make_method
 
@@ -70,3 +70,31 @@ def test_full_context_reads_the_same_logits_as_the_plain_model(paper_task):
             assert torch.allclose(logits[row, :read_len], expected, atol=1e-10)
     layers, hidden = 2, 16
     assert memory.floats == 2 * layers * batch.context_mask.sum(1).max().item() * hidden
+
+
+def test_full_context_trains_in_one_pass_with_the_logits_and_gradients_of_write_then_read(paper_task):
+    """float64: one pass over [C; Q1 Y1; Q2 Y2; ...] per context (4D mask, continued positions)
+    gives write-then-read's logits at every target position and the same loss gradients, with
+    unequal context lengths and several queries of unequal lengths per context."""
+    method = _method("full_context", paper_task).train()
+    examples = paper_task.examples("train", 3, 0)
+    queries = examples[0].queries
+    examples[0] = type(examples[0])(examples[0].context[:11] + "|",                 # a short context
+                                    (queries[0], type(queries[0])(queries[1].text[:1], queries[1].target + "xy")))
+    examples[2] = type(examples[2])(examples[2].context, examples[2].queries[:1])   # a single query
+    batch = collate(examples, paper_task, "all")
+    assert len(set(batch.context_mask.sum(1).tolist())) > 1
+    assert len(set(batch.read_mask.sum(1).tolist())) > 1
+    reference, _ = write_then_read(method, batch)
+    one_pass = method.train_logits(batch)
+    assert one_pass.shape == reference.shape
+    assert torch.equal(training_loss(method, batch)[0], target_loss(one_pass, batch))   # the trainer's path
+    targets = batch.target_mask
+    assert (one_pass[targets] - reference[targets]).abs().max() < 1e-10
+    parameters = [p for p in method.parameters() if p.requires_grad]
+    expected = torch.autograd.grad(target_loss(reference, batch), parameters)
+    got = torch.autograd.grad(target_loss(one_pass, batch), parameters)
+    for e, g in zip(expected, got):
+        assert torch.allclose(g, e, rtol=1e-9, atol=1e-12)
+    with torch.no_grad():                                                   # not training: write, read
+        assert torch.equal(training_loss(method.eval(), batch)[0], target_loss(reference, batch))

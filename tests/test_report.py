@@ -1,29 +1,186 @@
-"""Tables and figures are rebuilt from results alone; capacity is computed as defined."""
-import pandas as pd
+"""Tables and figures are rebuilt from results alone; capacity is computed as defined; cells give
+a 95% interval over seeds and mark collapsed runs; a method describes itself (label, write axis)."""
+import json
+from dataclasses import dataclass
+
+import pytest
+import torch
 import yaml
 
+from harness import registry, store
 from harness.cli import main
-from harness.report import capacity, table1_markdown
+from harness.contract import Memory, Method
+from harness.describe import describe_spec, describe_summaries
+from harness.report import (COLLAPSE_NOTE, capacity, paper_table1, table1_markdown, table2_markdown,
+                            tuning_markdown)
 from plots.__main__ import main as plots_main
 from tests.test_cli import TINY
 
 
-def _row(label_method, pairs, em, seed, **method):
-    return {"suite": "capacity", "scale": "cpu", "method": label_method, "task.pairs": pairs,
-            "exact_match": em, "seed": seed, "eval_write_steps": "default", "memory_floats": 256,
-            **{f"method.{k}": v for k, v in method.items()}}
+def write_summary(results, method, seed, stages, suite="capacity", describe=True, tuning=None, floats=256,
+                  collapses=None):
+    """A synthetic summary.json: `stages` is a list of (pairs, {eval key: exact match}, collapsed)."""
+    run_id = f"{method['name']}-{'-'.join(f'{k}{v}' for k, v in method.items() if k != 'name')}-s{seed}"
+    summary = {
+        "run_id": run_id, "status": "collapsed" if any(c for *_, c in stages) else "finished",
+        "stages": [{"stage": i, "task": {"pairs": pairs}, "steps": 100, "best_valid_em": 1.0,
+                    **({} if collapsed is None else {"collapsed": collapsed}),
+                    "eval": {key: {"exact_match": em, "memory_floats": floats} for key, em in evals.items()}}
+                   for i, (pairs, evals, collapsed) in enumerate(stages)],
+        "spec": {"suite": suite, "scale": "cpu", "seed": seed, "method": method,
+                 "task": {"name": "kv_retrieval"}, "backbone": {"layers": 1}},
+        "tuning": tuning}
+    if collapses is not None:
+        summary["collapses"] = collapses
+    if describe:
+        summary["describe"] = describe_spec(method)
+    store.write_json(results / suite / run_id / "summary.json", summary)
+    return summary
 
 
-def test_capacity_is_the_largest_pairs_whose_mean_reaches_90_percent():
-    frame = pd.DataFrame([
-        _row("full_context", 2, 1.0, 0), _row("full_context", 4, 0.95, 0), _row("full_context", 8, 0.5, 0),
-        _row("rmt", 2, 0.95, 0, write_passes=1), _row("rmt", 2, 0.9, 1, write_passes=1),
-        _row("rmt", 4, 0.95, 0, write_passes=1), _row("rmt", 4, 0.8, 1, write_passes=1),
-        _row("query_only", 2, 0.1, 0)])
+def test_capacity_is_the_largest_pairs_whose_mean_reaches_90_percent(tmp_path):
+    rmt = {"name": "rmt", "write_passes": 1}
+    write_summary(tmp_path, {"name": "full_context"}, 0, [(2, {"default": 1.0}, False), (4, {"default": 0.95}, False),
+                                                        (8, {"default": 0.5}, False)])
+    write_summary(tmp_path, rmt, 0, [(2, {"1": 0.95}, False), (4, {"1": 0.95}, False)])
+    write_summary(tmp_path, rmt, 1, [(2, {"1": 0.90}, False), (4, {"1": 0.80}, False)])
+    write_summary(tmp_path, {"name": "query_only"}, 0, [(2, {"default": 0.1}, False)])
+    frame = store.load(tmp_path)
     result = capacity(frame).set_index("label")["capacity"].to_dict()
     assert result == {"full_context": 4, "rmt x1": 2, "query_only": 0}
+
+
+def test_cells_give_the_95_percent_t_interval_over_seeds(tmp_path):
+    for seed, em in enumerate([0.90, 0.95, 1.00]):   # mean 95.0, sd 5.0, t(0.975, 2) = 4.3027
+        write_summary(tmp_path, {"name": "gradmem", "write_steps": 2}, seed, [(2, {"2": em}, False)])
+    markdown = table1_markdown(store.load(tmp_path), "cpu")
+    assert "| gradmem K=2 |" in markdown.replace("  ", "")
+    assert "95.0 ± 12.4" in markdown          # 4.3027 * 5.0 / sqrt(3) = 12.42
+    assert "95% interval" in markdown and "Student t" in markdown
+
+
+def test_single_seed_cells_and_missing_seeds_say_so(tmp_path):
+    write_summary(tmp_path, {"name": "query_only"}, 0, [(2, {"default": 0.52}, False)])
+    for seed in range(3):
+        stages = [(2, {"1": 0.9 + 0.01 * seed}, False)] + ([(4, {"1": 0.5}, False)] if seed == 0 else [])
+        write_summary(tmp_path, {"name": "gradmem", "write_steps": 1}, seed, stages)
+    markdown = table1_markdown(store.load(tmp_path), "cpu")
+    row = next(line for line in markdown.splitlines() if line.startswith("| query_only"))
+    assert [c.strip() for c in row.split("|")][3:5] == ["1", "52.0"]      # seeds column says 1, no ±
+    assert "50.0 (1 of 3 seeds)" in markdown
+    assert "without ± comes from one seed" in markdown
+
+
+def test_collapsed_cells_are_marked_with_a_footnote(tmp_path):
+    for seed in range(3):   # seed 0 collapsed at 4 pairs (recorded on the stage), seed 1 through `collapses` only
+        collapsed_4 = {0: True, 1: None, 2: False}[seed]
+        write_summary(tmp_path, {"name": "gradmem", "write_steps": 5}, seed,
+                      [(2, {"5": 0.95}, False), (4, {"5": 0.9}, collapsed_4)],
+                      collapses=[{"stage": 1, "task": {"pairs": 4}, "step": 900, "best_em": 0.94, "best_step": 500,
+                                  "final_em": 0.07, "reason": "valid_em_drop"}] if seed < 2 else [])
+    write_summary(tmp_path, {"name": "query_only"}, 0, [(2, {"default": 0.1}, True)])
+    frame = store.load(tmp_path)
+    assert frame["collapsed"].dtype == bool and frame["collapsed"].sum() == 3
     markdown = table1_markdown(frame, "cpu")
-    assert "92.5 ± 3.5" in markdown and "87.5 ± 10.6" in markdown
+    assert "90.0 ± 0.0 †(2 of 3)" in markdown and "10.0 †" in markdown and "95.0 ± 0.0 |" in markdown
+    assert COLLAPSE_NOTE in markdown
+    quiet = table1_markdown(frame[~frame["collapsed"]], "cpu")
+    assert "†" not in quiet
+
+
+@dataclass
+class LoopConfig:
+    loops: int = 3
+    memory_size: int = 4
+
+
+class LoopMemory(Method):
+    """A made-up method with its own write axis ('loops'), known to no harness code."""
+    name = "loopmem"
+    summary = "test only"
+    Config = LoopConfig
+
+    def write(self, context_ids, context_mask, write_steps=None):
+        return Memory(state=torch.zeros(len(context_ids), 1), floats=1)
+
+    def read(self, memory, read_ids, read_mask):
+        return torch.zeros(*read_ids.shape, 2)
+
+    @classmethod
+    def display_label(cls, config):
+        return f"looped memory L={config.loops}"
+
+    @classmethod
+    def write_axis(cls, config):
+        return {"name": "loops", "field": "loops", "trained": config.loops}
+
+
+@pytest.fixture
+def loopmem(monkeypatch):
+    registry.discover()
+    monkeypatch.setitem(registry.METHODS, LoopMemory.name, LoopMemory)
+    return LoopMemory
+
+
+def test_a_new_method_with_its_own_axis_shows_up_with_its_own_label(tmp_path, loopmem):
+    for seed in range(2):   # evaluated at its trained 3 loops and at 6: the table shows the trained setting
+        write_summary(tmp_path, {"name": "loopmem", "loops": 3}, seed,
+                      [(2, {"3": 0.9 + 0.05 * seed, "6": 0.2}, False), (4, {"3": 0.8, "6": 0.1}, False)],
+                      floats=64)
+    frame = store.load(tmp_path)
+    assert set(frame["axis"]) == {"loops"} and set(frame["axis_trained"]) == {3}
+    assert set(frame["axis_value"]) == {3, 6}
+    markdown = table1_markdown(frame, "cpu")
+    assert "looped memory L=3" in markdown and "92.5 ± 31.8" in markdown and "80.0 ± 0.0" in markdown
+    out = tmp_path / "figures"
+    assert plots_main(["--results", str(tmp_path), "--out", str(out)]) == 0
+    assert (out / "capacity_cpu.png").exists() and (out / "capacity_vs_memory_cpu.png").exists()
+    assert "looped memory L=3" in (out / "table1_kv.md").read_text()
+
+
+def test_migration_describes_old_summaries_without_a_backbone(tmp_path, loopmem):
+    write_summary(tmp_path, {"name": "gradmem", "write_steps": 2, "order": "first"}, 0, [(2, {"2": 0.5}, False)],
+                  describe=False)
+    write_summary(tmp_path, {"name": "loopmem", "loops": 5}, 0, [(2, {"5": 0.5}, False)], describe=False)
+    assert set(store.load(tmp_path)["label"]) == {"gradmem", "loopmem"}   # undescribed: the name, no axis
+    assert len(describe_summaries(tmp_path)) == 2 and describe_summaries(tmp_path) == []
+    frame = store.load(tmp_path)
+    assert set(frame["label"]) == {"gradmem 1st-order K=2", "looped memory L=5"}
+    assert set(frame["axis"]) == {"write steps", "loops"}
+
+
+def test_paper_labels_come_from_the_methods_own_description():
+    labels = set(paper_table1()["label"])
+    assert {"gradmem K=5", "gradmem 1st-order K=1", "rmt x3", "armt", "full_context"} <= labels
+
+
+def test_table2_gives_intervals_seeds_and_collapse_marks(tmp_path):
+    for seed, em in enumerate([0.90, 0.95, 1.00]):
+        write_summary(tmp_path, {"name": "gradmem", "write_steps": 1}, seed, [(2, {"1": em}, seed == 0)], suite="babi")
+    frame = store.load(tmp_path).assign(**{"task.qa": 1})
+    markdown = table2_markdown(frame, "cpu")
+    assert "95.0 ± 12.4 †(1 of 3)" in markdown and "| 3 " in markdown and COLLAPSE_NOTE in markdown
+
+
+def test_tuning_table_lists_every_grid_cell_and_the_choice(tmp_path):
+    grid = {"lr": [3e-4, 1e-3], "warmup_steps": [100, 1000]}
+    cells = [{"lr": lr, "warmup_steps": w, "valid_em": em}
+             for (lr, w), em in zip([(3e-4, 100), (3e-4, 1000), (1e-3, 100), (1e-3, 1000)], [0.5, 0.4, 0.9, None])]
+    tuning = {"grid": grid, "cells": cells, "chosen": {"lr": 1e-3, "warmup_steps": 100}, "seed": 0, "steps": 200}
+    for seed in range(2):   # tuned once on seed 0, reused by seed 1: one row
+        write_summary(tmp_path, {"name": "gradmem", "write_steps": 1}, seed, [(2, {"1": 0.9}, False)], tuning=tuning)
+    write_summary(tmp_path, {"name": "query_only"}, 0, [(2, {"default": 0.1}, False)])   # not tuned: no row
+    markdown = tuning_markdown(tmp_path, "capacity", "cpu")
+    lines = [line for line in markdown.splitlines() if line.startswith("| gradmem")]
+    assert len(lines) == 1 and "query_only" not in markdown
+    header = markdown.splitlines()[0]
+    assert "lr=0.0003, warmup_steps=100" in header and "lr=0.001, warmup_steps=1000" in header
+    cells_text = [c.strip() for c in lines[0].split("|")]
+    assert "50.0" in cells_text and "40.0" in cells_text and "**90.0**" in cells_text and "—" in cells_text
+    assert "lr=0.001, warmup_steps=100" in cells_text and "0, 1" in cells_text
+    out = tmp_path / "figures"
+    assert plots_main(["--results", str(tmp_path), "--out", str(out)]) == 0
+    assert "**90.0**" in (out / "tuning_capacity_cpu.md").read_text()
 
 
 def test_figures_and_tables_come_from_results_only(tmp_path):
@@ -37,6 +194,8 @@ def test_figures_and_tables_come_from_results_only(tmp_path):
     assert plots_main(["--results", str(results), "--out", str(out)]) == 0
     assert (out / "capacity_cpu.png").stat().st_size > 10_000
     assert (out / "capacity_vs_memory_cpu.png").exists()
+    for path in results.glob("*/*/summary.json"):   # the runner records each method's description
+        assert json.loads(path.read_text())["describe"]["label"] in {"gradmem K=1", "full_context"}
     table = (out / "table1_kv.md").read_text()
     assert "gradmem K=1" in table and "full_context" in table and "3 pairs" in table
     assert "The paper" in table and "99.1 ± 0.3" in table

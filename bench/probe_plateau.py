@@ -1,0 +1,88 @@
+"""Probe: does a method leave the value-set plateau of KV retrieval in its first stage?
+
+Trains one method of a suite (default: RMT x1 of `capacity` at cpu scale) on one curriculum
+stage with method / train overrides, and prints the validation exact match every evaluation,
+the written memory's RMS against the token embeddings', and one JSON line per run.
+
+    python -m bench.probe_plateau --method rmt --set memory_source=residual --seeds 0 1 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+
+from harness import registry
+from harness.config import TrainConfig, EvalConfig, build, expand_suite, resolve_section
+from harness.data import collate
+from harness.runner import build_run, seed_everything
+from harness.train import Trainer
+
+
+def parse_value(text: str):
+    return yaml.safe_load(text)
+
+
+def probe(args, seed: int) -> dict:
+    registry.discover()
+    spec = next(s for s in expand_suite(args.suite, args.scale, methods=[args.method]))
+    method = {**spec.method, **dict(args.method_set)}
+    spec.method = resolve_section("method", method, "probe method")
+    train = {**spec.train, "curriculum": [{"pairs": args.pairs}], "steps": args.steps, "stage_steps": args.steps,
+             "advance_em": 1.01, "target_em": 1.01, "patience": None, "eval_every": args.eval_every,
+             **dict(args.train_set)}
+    spec.train = resolve_section("train", train, "probe train")
+    spec.seed = seed
+    seed_everything(seed)
+    task, method_module = build_run(spec)
+    stage_task = task.with_params(pairs=args.pairs)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(method_module, stage_task, build(TrainConfig, spec.train, "train"),
+                          build(EvalConfig, spec.eval, "eval"), seed, "cpu", Path(tmp) / "m.jsonl", None,
+                          progress=False)
+        trainer.config.curriculum = []
+        trainer.stages = [{}]
+        trainer.finish_stage = lambda task: None   # no test evaluation: the curve is the probe
+        trainer.run()
+        curve = [json.loads(line) for line in (Path(tmp) / "m.jsonl").read_text().splitlines()]
+    batch = collate(stage_task.examples("valid", 64, seed=0), stage_task, 1)
+    method_module.eval()
+    with torch.no_grad():
+        memory = method_module.write(batch.context_ids, batch.context_mask)
+        state = memory.state if isinstance(memory.state, torch.Tensor) else None
+        emb_rms = method_module.backbone.embed(batch.context_ids).pow(2).mean().sqrt().item()
+    return {"method": spec.method, "train": {k: spec.train[k] for k in ("lr", "warmup_steps")},
+            "pairs": args.pairs, "seed": seed,
+            "valid_em": [round(r["valid_em"], 3) for r in curve], "loss": [round(r["loss"], 3) for r in curve],
+            "best_em": max(r["valid_em"] for r in curve),
+            "memory_rms": None if state is None else round(state.pow(2).mean().sqrt().item(), 4),
+            "embedding_rms": round(emb_rms, 4)}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", default="capacity")
+    parser.add_argument("--scale", default="cpu")
+    parser.add_argument("--method", default="rmt")
+    parser.add_argument("--set", dest="method_set", nargs="*", default=[], type=lambda t: (t.split("=")[0], parse_value(t.split("=", 1)[1])))
+    parser.add_argument("--train", dest="train_set", nargs="*", default=[], type=lambda t: (t.split("=")[0], parse_value(t.split("=", 1)[1])))
+    parser.add_argument("--pairs", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--out", help="append one JSON line per run to this file")
+    args = parser.parse_args(argv)
+    for seed in args.seeds:
+        result = probe(args, seed)
+        print(json.dumps(result), flush=True)
+        if args.out:
+            with open(args.out, "a") as handle:
+                handle.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Methods' self-descriptions (display label, write-compute axis) from a run's method spec, built
+from the method's config alone (no backbone), and the one-off migration that records them in
+summaries written before the runner did: `python -m harness.describe [RESULTS] [--refresh]`."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from harness import registry, store
+from harness.config import build
+
+log = logging.getLogger(__name__)
+
+
+def describe_spec(method_spec: dict) -> dict:
+    """`Method.describe` for a method spec {"name": ..., **options} (unset options: defaults)."""
+    cls = registry.get_method(method_spec["name"])
+    config = build(cls.Config, {k: v for k, v in method_spec.items() if k != "name"}, "method")
+    return cls.describe(config)
+
+
+def describe_summaries(results: Path | str = "results", refresh: bool = False) -> list[Path]:
+    """Write summary["describe"] into every summary under `results` that lacks it (every one whose
+    description differs, with `refresh`); atomic writes. Returns the summaries changed."""
+    changed = []
+    for path in sorted(Path(results).glob("*/*/summary.json")):
+        summary = json.loads(path.read_text())
+        if "describe" in summary and not refresh:
+            continue
+        description = describe_spec(summary["spec"]["method"])
+        if summary.get("describe") == description:
+            continue
+        summary["describe"] = description
+        store.write_json(path, summary)
+        changed.append(path)
+    return changed
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.describe", description=__doc__)
+    parser.add_argument("results", nargs="?", default="results")
+    parser.add_argument("--refresh", action="store_true", help="recompute descriptions already recorded")
+    parser.add_argument("--plugin", action="append", default=[], help="module registering outside methods")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for plugin in args.plugin:
+        registry.load_plugin(plugin)
+    changed = describe_summaries(args.results, args.refresh)
+    log.info("described %d summaries under %s", len(changed), args.results)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

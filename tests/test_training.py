@@ -1,0 +1,132 @@
+"""The outer loop's rules: stages end by patience, collapse is detected and reported, tuning picks
+the best cell and is cached."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness import store, tune
+from harness.config import EvalConfig, RunSpec, TrainConfig, build, resolve_section, SECTIONS
+from harness.errors import HarnessError
+from harness.train import Trainer
+from tests.conftest import make_method, make_task
+
+
+def scripted_trainer(tmp_path, valid_ems, losses, **train):
+    """A trainer whose validation EM and training loss follow a script (no learning needed)."""
+    task = make_task(format="compact", pairs=2, key_length=1, value_length=1, key_symbols=6, value_symbols=6)
+    method = make_method("query_only", task)
+    config = build(TrainConfig, {"steps": 100, "batch_size": 2, "eval_every": 1, "eval_examples": 4,
+                                 "warmup_steps": 0, **train}, "train")
+    trainer = Trainer(method, task, config, build(EvalConfig, {"examples": 4, "generate": False}, "eval"), 0, "cpu",
+                      tmp_path / "metrics.jsonl", None, progress=False)
+    ems, loss_values = iter(valid_ems), iter(losses)
+    trainer.validate = lambda task: next(ems)
+    trainer.train_step = lambda task: next(loss_values)
+    return trainer
+
+
+def test_stage_ends_after_patience_evaluations_without_improvement(tmp_path):
+    trainer = scripted_trainer(tmp_path, [0.1, 0.3, 0.3, 0.2, 0.3, 0.9], [1.0] * 6, patience=3,
+                               curriculum=[{"pairs": 2}], advance_em=1.0, target_em=1.0)
+    result = trainer.run()
+    (stage,) = result["stages"]
+    assert stage["steps"] == 5          # best at step 2, three evaluations without improvement
+    assert stage["best_valid_em"] == 0.3 and stage["best_step"] == 2
+    assert result["status"] == "finished" and not stage["collapsed"]
+
+
+def test_every_stage_gets_its_budget_when_none_converges(tmp_path):
+    ems = [0.1 * i for i in range(1, 10)]
+    trainer = scripted_trainer(tmp_path, ems, [1.0] * 9, steps=9, stage_steps=3,
+                               curriculum=[{"pairs": 2}, {"pairs": 3}, {"pairs": 4}], advance_em=1.0)
+    result = trainer.run()
+    assert [s["steps"] for s in result["stages"]] == [3, 3, 3]
+    assert [s["task"]["pairs"] for s in result["stages"]] == [2, 3, 4]
+
+
+def test_a_validation_drop_of_more_than_20_points_is_a_collapse(tmp_path):
+    # best 0.94 at step 2, then down to 0.07: the run is recorded collapsed, scored from its best weights
+    trainer = scripted_trainer(tmp_path, [0.5, 0.94, 0.9, 0.6, 0.07, 0.07], [1.0] * 6, steps=6,
+                               curriculum=[{"pairs": 2}], advance_em=1.0)
+    result = trainer.run()
+    assert result["status"] == "collapsed"
+    (collapse,) = result["collapses"]
+    assert collapse["step"] == 4 and collapse["best_em"] == 0.94 and collapse["best_step"] == 2
+    assert collapse["final_em"] == 0.07 and collapse["reason"] == "valid_em_drop"
+    assert result["stages"][0]["collapsed"] and result["stages"][0]["best_valid_em"] == 0.94
+
+
+def test_small_dips_are_not_a_collapse(tmp_path):
+    trainer = scripted_trainer(tmp_path, [0.5, 0.94, 0.8, 0.9], [1.0] * 4, steps=4,
+                               curriculum=[{"pairs": 2}], advance_em=1.0)
+    assert trainer.run()["status"] == "finished"
+
+
+def test_training_loss_back_above_chance_is_a_collapse(tmp_path):
+    # compact task with 6 value symbols: chance = ln 6 = 1.79
+    trainer = scripted_trainer(tmp_path, [0.2, 0.3, 0.3, 0.3], [2.5, 1.0, 1.5, 4.1], steps=4,
+                               curriculum=[{"pairs": 2}], advance_em=1.0, collapse_drop=None)
+    result = trainer.run()
+    assert result["status"] == "collapsed"
+    assert result["collapses"][0]["reason"] == "loss_above_chance" and result["collapses"][0]["step"] == 4
+
+
+def test_loss_above_chance_from_the_start_is_not_a_collapse(tmp_path):
+    trainer = scripted_trainer(tmp_path, [0.2, 0.3], [4.0, 3.0], steps=2, curriculum=[{"pairs": 2}], advance_em=1.0)
+    assert trainer.run()["status"] == "finished"
+
+
+def tiny_spec(tmp_path, **tune_spec):
+    sections = {
+        "task": {"name": "kv_retrieval", "format": "compact", "pairs": 2, "key_length": 1, "value_length": 1,
+                 "key_symbols": 6, "value_symbols": 6},
+        "method": {"name": "query_only"},
+        "backbone": {"layers": 1, "hidden": 16, "heads": 2, "ffn": 32, "max_positions": 64},
+        "train": {"steps": 4, "batch_size": 2, "eval_every": 2, "eval_examples": 4, "curriculum": [{"pairs": 2}],
+                  "tune": {"grid": {"lr": [1e-3, 3e-3], "warmup_steps": [0, 2]}, "steps": 2, **tune_spec}},
+        "eval": {"examples": 4, "generate": False},
+    }
+    return RunSpec(suite="tiny", scale="cpu", seed=0, **{s: resolve_section(s, sections[s], s) for s in SECTIONS})
+
+
+def test_tuning_picks_the_best_cell_and_reruns_nothing(tmp_path, monkeypatch):
+    spec = tiny_spec(tmp_path)
+    scores = {(1e-3, 0): 0.2, (1e-3, 2): 0.6, (3e-3, 0): 0.6, (3e-3, 2): 0.4}
+    best_steps = {(1e-3, 2): 2, (3e-3, 0): 1}
+    calls = []
+
+    def fake_cell(cell_spec, device):
+        key = (cell_spec.train["lr"], cell_spec.train["warmup_steps"])
+        calls.append(key)
+        assert cell_spec.train["curriculum"] == [{"pairs": 2}] and cell_spec.train["steps"] == 2
+        return {"valid_em": scores[key], "best_step": best_steps.get(key, 2)}
+
+    monkeypatch.setattr(tune, "train_cell", fake_cell)
+    record = tune.tune(spec, tmp_path)
+    assert len(calls) == 4
+    assert record["chosen"] == {"lr": 3e-3, "warmup_steps": 0}   # tie at 0.6: fewer steps wins
+    assert [c["valid_em"] for c in record["cells"]] == [0.2, 0.6, 0.6, 0.4]
+    other_seed = RunSpec(**{**spec.to_dict(), "seed": 2})
+    assert tune.tune(other_seed, tmp_path)["chosen"] == record["chosen"]
+    assert len(calls) == 4                                       # cached: nothing retrained
+
+
+def test_a_tuned_run_trains_with_the_chosen_cell_and_records_the_grid(tmp_path):
+    from harness.runner import execute_run
+    spec = tiny_spec(tmp_path)
+    outcome = execute_run(spec, tmp_path / "results", cache_dir=tmp_path / "cache", progress=False)
+    assert outcome.status in ("finished", "collapsed")
+    summary = json.loads((tmp_path / "results" / "tiny" / spec.run_id / "summary.json").read_text())
+    assert len(summary["tuning"]["cells"]) == 4 and summary["tuning"]["chosen"].keys() == {"lr", "warmup_steps"}
+    assert (tmp_path / "results" / "tiny" / "tuning" / f"{tune.tune_id(spec)}.json").exists()
+    assert store.load(tmp_path / "results").shape[0] >= 1   # the tuning file is not read as a run
+
+
+@pytest.mark.parametrize("bad", [{"grid": {"lr": []}, "steps": 2}, {"grid": {"stepz": [1]}, "steps": 2},
+                                 {"grid": {"lr": [1e-3]}, "steps": 0}, {"grid": {"lr": ["x"]}, "steps": 2},
+                                 {"grid": {"lr": [1e-3]}}, {"grid": {"lr": [1e-3]}, "steps": 2, "sead": 1}])
+def test_bad_tuning_spec_is_rejected(bad):
+    with pytest.raises(HarnessError):
+        build(TrainConfig, {"tune": bad}, "train")

@@ -176,7 +176,9 @@ def run_specs(specs: list[RunSpec], out: Path, device: str = "cpu", jobs: int = 
     plugins = plugins or []
     outcomes = [RunOutcome(s.run_id, s.label(), "skipped") for s in specs
                 if store.is_finished(out, s.suite, s.run_id)]
-    pending = [s for s in specs if not store.is_finished(out, s.suite, s.run_id)]
+    # seed-major order: the first seed of every setting goes first, so parallel workers tune
+    # different settings instead of one waiting on another's tuning lock
+    pending = sorted((s for s in specs if not store.is_finished(out, s.suite, s.run_id)), key=lambda s: s.seed)
     if not pending:
         return outcomes
     if jobs == 1 and backend == "loky":

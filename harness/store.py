@@ -7,6 +7,7 @@ results/<suite>/<run_id>/config.yaml   the resolved spec
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -48,9 +49,20 @@ def append_jsonl(path: Path, record: dict) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """Records of a JSON-lines file. A torn last line (a write cut by power loss or a full disk)
+    is dropped with a warning; a bad line anywhere else is an error."""
     if not Path(path).exists():
         return []
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    records = []
+    for index, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if index < len(lines) - 1:
+                raise
+            logging.getLogger(__name__).warning("%s: dropped an incomplete last line (%d characters)", path, len(line))
+    return records
 
 
 def is_finished(out: Path, suite: str, run_id: str) -> bool:

@@ -204,3 +204,32 @@ def test_run_ids_ignore_defaults_and_survive_new_options(tmp_path):
     assert store.reindex(tmp_path / "results") == [("0123456789ab", folder.name)]
     assert json.loads((folder / "summary.json").read_text())["run_id"] == folder.name
     assert not stale.exists()
+
+
+def test_a_torn_last_curve_line_is_dropped_on_resume(tmp_path, monkeypatch):
+    from harness.train import Trainer
+    data = modified({**TINY, "runs": [{"method": {"name": "query_only"}}]}, "train", steps=9, eval_every=3)
+    suite = write_suite(tmp_path, data)
+    real_step = Trainer.train_step
+
+    def dying_step(self, task):
+        if self.state["step"] == 7:
+            with open(self.metrics_path, "a") as handle:   # power loss in the middle of a line
+                handle.write('{"step": 9, "stage": 0, "lo')
+            raise KeyboardInterrupt
+        return real_step(self, task)
+
+    monkeypatch.setattr(Trainer, "train_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        run(["--suite", suite], tmp_path)
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    assert run(["--suite", suite], tmp_path) == 0
+    curve = store.read_jsonl(summaries(tmp_path)[0].parent / "metrics.jsonl")
+    assert [r["step"] for r in curve] == [3, 6, 9]
+
+
+def test_a_bad_curve_line_before_the_last_is_an_error(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2, "lo\n{"step": 3}\n')
+    with pytest.raises(json.JSONDecodeError):
+        store.read_jsonl(path)

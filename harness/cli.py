@@ -104,6 +104,8 @@ def main(argv=None) -> int:
                 raise HarnessError(f"no run of suite {args.suite} at scale {scale} matches {args.match}; "
                                    f"see --dry-run for the labels")
         out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise HarnessError(f"--out {out} is a file, not a results directory")
         if args.dry_run:
             print_plan(specs, out)
             return 0

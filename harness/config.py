@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -89,10 +90,17 @@ def build(cls, values: dict | None, where: str):
 
 
 def non_negative(where: str, **values) -> None:
-    """Raise HarnessError for any negative number among `values`."""
+    """Raise HarnessError for any negative, NaN or infinite number among `values`."""
     for key, value in values.items():
-        if value is not None and value < 0:
-            raise HarnessError(f"{where}.{key} = {value!r} must be >= 0")
+        if value is not None and not (0 <= value < math.inf):
+            raise HarnessError(f"{where}.{key} = {value!r} must be a finite number >= 0")
+
+
+def positive(where: str, **values) -> None:
+    """Raise HarnessError for any number among `values` that is not finite and > 0."""
+    for key, value in values.items():
+        if value is not None and not (0 < value < math.inf):
+            raise HarnessError(f"{where}.{key} = {value!r} must be a finite number > 0")
 
 
 # ---------------------------------------------------------------- sections
@@ -249,6 +257,7 @@ def resolve_section(section: str, values: dict, where: str) -> dict:
 
 
 # ---------------------------------------------------------------- suites
+MAX_SEEDS = 1000
 SUITE_KEYS = ("description", "base", "runs", "sweep", "seeds", "scales")
 SCALE_KEYS = ("description", "base", "runs", "sweep", "seeds")
 
@@ -299,6 +308,22 @@ def _shared_method_defaults(base: dict, run: dict, suite: str) -> dict:
     return {**base, "method": {k: v for k, v in shared.items() if k in fields or k == "name"}}
 
 
+def _runs_of_unlisted_methods(methods: list[str], runs: list[dict], base: dict) -> list[dict]:
+    """A run with its defaults (plus the suite's shared method options) for each selected method
+    that the suite does not list, so a new method runs on every shipped suite."""
+    listed = {(run.get("method") or {}).get("name") for run in runs} | {(base.get("method") or {}).get("name")}
+    extra = []
+    for name in methods:
+        if name in listed:
+            continue
+        run = {"method": {"name": name}}
+        archs = registry.get_method(name).archs
+        if (base.get("backbone") or {}).get("arch", "llama") not in archs and not (base.get("backbone") or {}).get("pretrained"):
+            run["backbone"] = {"arch": archs[0]}
+        extra.append(run)
+    return extra
+
+
 def load_suite(name: str) -> dict:
     path = registry.suite_path(name)
     try:
@@ -328,12 +353,13 @@ def expand_suite(name: str, scale: str, methods: list[str] | None = None,
     runs = scale_body.get("runs", data.get("runs")) or [{}]
     sweep = {**(data.get("sweep") or {}), **(scale_body.get("sweep") or {})}
     seed_count = seeds if seeds is not None else scale_body.get("seeds", data.get("seeds", 1))
-    if not isinstance(seed_count, int) or seed_count < 1:
-        raise HarnessError(f"seeds = {seed_count!r} must be a positive integer")
+    if not isinstance(seed_count, int) or not 1 <= seed_count <= MAX_SEEDS:
+        raise HarnessError(f"seeds = {seed_count!r} must be an integer from 1 to {MAX_SEEDS}")
     if methods:
         registry.discover()
         for method in methods:
             registry.get_method(method)
+        runs = list(runs) + _runs_of_unlisted_methods(methods, runs, base)
     sweep_keys = list(sweep)
     for key, values in sweep.items():
         if not isinstance(values, list) or not values:

@@ -47,8 +47,9 @@ def load_plugin(module_name: str) -> None:
     """Import an outside module that registers methods or tasks."""
     try:
         importlib.import_module(module_name)
-    except ImportError as error:
-        raise HarnessError(f"cannot import plugin {module_name!r}: {error}") from None
+    except Exception as error:   # a plugin may fail at import in any way: one line, not a traceback
+        first = (str(error).strip().splitlines() or [""])[0]
+        raise HarnessError(f"cannot import plugin {module_name!r}: {type(error).__name__}: {first}") from None
 
 
 def get_method(name: str) -> type:

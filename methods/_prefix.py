@@ -11,7 +11,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.contract import Memory, Method
+from harness.errors import HarnessError
 from harness.pipeline import at_least_fp32
+
+
+MAX_MEMORY_SIZE = 4096   # memory vectors; far above any setting of the paper (<= 32)
+
+
+def check_memory_size(where: str, memory_size: int) -> None:
+    if not 1 <= memory_size <= MAX_MEMORY_SIZE:
+        raise HarnessError(f"{where}.memory_size = {memory_size} must be from 1 to {MAX_MEMORY_SIZE}")
 
 
 def reconstruction_suffix(config) -> str:

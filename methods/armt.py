@@ -55,7 +55,7 @@ from torch import nn
 from harness.contract import Memory
 from harness.errors import HarnessError
 from harness.registry import register_method
-from methods._prefix import PrefixMemoryMethod
+from methods._prefix import PrefixMemoryMethod, check_memory_size
 from methods.rmt import write_slot_sequence
 
 
@@ -76,7 +76,8 @@ class ARMTConfig:
     def validate(self, where):
         if not self.reconstruction_weight >= 0:
             raise HarnessError(f"{where}.reconstruction_weight = {self.reconstruction_weight} must be >= 0")
-        for key in ("memory_size", "d_mem", "nu"):
+        check_memory_size(where, self.memory_size)
+        for key in ("d_mem", "nu"):
             if getattr(self, key) < 1:
                 raise HarnessError(f"{where}.{key} = {getattr(self, key)} must be >= 1")
         if self.slot_update not in ("parallel", "sequential"):

@@ -18,12 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from harness.config import non_negative
+from harness.config import non_negative, positive
 from harness.contract import Memory
 from harness.errors import HarnessError
 from harness.pipeline import at_least_fp32
 from harness.registry import register_method
-from methods._prefix import PrefixMemoryMethod
+from methods._prefix import PrefixMemoryMethod, check_memory_size
 
 
 @dataclass
@@ -46,10 +46,8 @@ class GradMemConfig:
 
     def validate(self, where):
         non_negative(where, write_steps=self.write_steps, inner_grad_clip=self.inner_grad_clip)
-        if self.memory_size < 1:
-            raise HarnessError(f"{where}.memory_size = {self.memory_size} must be >= 1")
-        if self.inner_lr <= 0:
-            raise HarnessError(f"{where}.inner_lr = {self.inner_lr} must be > 0")
+        check_memory_size(where, self.memory_size)
+        positive(where, inner_lr=self.inner_lr)
 
 
 @register_method

@@ -17,7 +17,7 @@ import torch
 from harness.contract import Memory
 from harness.errors import HarnessError
 from harness.registry import register_method
-from methods._prefix import PrefixMemoryMethod, reconstruction_suffix
+from methods._prefix import PrefixMemoryMethod, check_memory_size, reconstruction_suffix
 
 
 @dataclass
@@ -38,8 +38,7 @@ class RMTConfig:
     def validate(self, where):
         if not self.reconstruction_weight >= 0:
             raise HarnessError(f"{where}.reconstruction_weight = {self.reconstruction_weight} must be >= 0")
-        if self.memory_size < 1:
-            raise HarnessError(f"{where}.memory_size = {self.memory_size} must be >= 1")
+        check_memory_size(where, self.memory_size)
         if self.write_passes < 1:
             raise HarnessError(f"{where}.write_passes = {self.write_passes} must be >= 1")
 

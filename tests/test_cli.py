@@ -57,7 +57,21 @@ BAD_INPUTS = {
     "negative train steps": lambda p: ["--suite", write_suite(p, modified(TINY, "train", steps=-5))],
     "bad plugin": lambda p: ["--plugin", "no.such.module", "--list"],
     "no run matches": lambda p: ["--suite", write_suite(p), "--match", "rmt("],
+    "NaN lr": lambda p: ["--suite", write_suite(p, modified(TINY, "train", lr=float("nan")))],
+    "infinite lr": lambda p: ["--suite", write_suite(p, modified(TINY, "train", lr=float("inf")))],
+    "NaN inner lr": lambda p: ["--suite", write_suite(p, {**TINY, "runs": [{"method": {"name": "gradmem", "inner_lr": float("nan")}}]})],
+    "huge memory": lambda p: ["--suite", write_suite(p, {**TINY, "runs": [{"method": {"name": "rmt", "memory_size": 10**12}}]})],
+    "huge seed count": lambda p: ["--suite", write_suite(p), "--seeds", "100000000", "--dry-run"],
+    "plugin raising at import": lambda p: [*_raising_plugin(p), "--list"],
 }
+
+
+def _raising_plugin(path):
+    """A plugin module that raises something other than ImportError when imported."""
+    import sys
+    (path / "boom_plugin.py").write_text("raise RuntimeError('boom at import')\n")
+    sys.path.insert(0, str(path))
+    return ["--plugin", "boom_plugin"]
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
@@ -233,3 +247,18 @@ def test_a_bad_curve_line_before_the_last_is_an_error(tmp_path):
     path.write_text('{"step": 1}\n{"step": 2, "lo\n{"step": 3}\n')
     with pytest.raises(json.JSONDecodeError):
         store.read_jsonl(path)
+
+
+def test_out_pointing_at_a_file_exits_2_and_writes_nothing(tmp_path, capsys):
+    target = tmp_path / "a_file"
+    target.write_text("not a folder")
+    code = main(["--suite", write_suite(tmp_path), "--out", str(target), "--quiet", "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "is a file" in err
+    assert target.read_text() == "not a folder"
+
+
+def test_a_method_the_suite_does_not_list_runs_with_its_defaults(tmp_path, capsys):
+    assert run(["--suite", write_suite(tmp_path), "--methods", "rmt", "--dry-run"], tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "rmt(memory_size=8,write_passes=1) seed=0" in out and "1 runs" in out

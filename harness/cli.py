@@ -19,7 +19,7 @@ log = logging.getLogger("harness")
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="run_all.py", description=__doc__)
     parser.add_argument("--suite", help="suite name (harness/suites/NAME.yaml) or a YAML path")
-    parser.add_argument("--scale", default="auto", help="smoke | cpu | paper | auto (paper on a GPU, else cpu)")
+    parser.add_argument("--scale", default="auto", help="smoke | cpu | gpu | paper | auto (gpu on a GPU, else cpu; never paper)")
     parser.add_argument("--methods", help="comma-separated method names to keep")
     parser.add_argument("--match", action="append", default=[],
                         help="keep only runs whose label (as --dry-run prints it) contains this text; repeatable")
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
             raise HarnessError("no --suite given; valid: " + ", ".join(registry.suite_names()))
         from harness.runner import resolve_device, run_specs
         device = resolve_device(args.device)
-        scale = args.scale if args.scale != "auto" else ("paper" if device == "cuda" else "cpu")
+        scale = args.scale if args.scale != "auto" else ("gpu" if device == "cuda" else "cpu")   # never paper
         if scale not in SCALES:
             raise HarnessError(f"unknown scale {scale!r}; valid: auto, {', '.join(SCALES)}")
         if args.jobs < 1:

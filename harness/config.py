@@ -23,7 +23,7 @@ import yaml
 from harness import registry
 from harness.errors import HarnessError
 
-SCALES = ("smoke", "cpu", "paper")
+SCALES = ("smoke", "cpu", "gpu", "paper")
 
 
 # ---------------------------------------------------------------- strict dataclass building

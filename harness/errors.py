@@ -8,3 +8,7 @@ class HarnessError(ValueError):
 def choices_error(kind: str, value, valid) -> HarnessError:
     """Error for an unknown name among a fixed set of choices."""
     return HarnessError(f"unknown {kind} {value!r}; valid: {', '.join(sorted(map(str, valid)))}")
+
+
+class ContractError(RuntimeError):
+    """A method broke the write/read contract: names the method, the rule and what was seen."""

@@ -12,14 +12,52 @@ import torch.nn.functional as F
 
 from harness.contract import Memory, Method
 from harness.data import Batch
+from harness.errors import ContractError
 
 
 def write_then_read(method: Method, batch: Batch, write_steps: int | None = None
                     ) -> tuple[torch.Tensor, Memory]:
     """Logits (Q, Lr, V) aligned with batch.read_ids, and the memory the write produced."""
     memory = method.write(batch.context_ids, batch.context_mask, write_steps)
+    check_memory(method, memory, len(batch.context_ids))
     logits = method.read(memory.select(batch.context_index), batch.read_ids, batch.read_mask)
+    check_logits(method, logits, batch.read_ids)
     return logits, memory
+
+
+def _tensors(state):
+    if isinstance(state, torch.Tensor):
+        yield state
+    elif isinstance(state, (list, tuple)):
+        for item in state:
+            yield from _tensors(item)
+    elif isinstance(state, dict):
+        for item in state.values():
+            yield from _tensors(item)
+
+
+def check_memory(method: Method, memory, contexts: int) -> None:
+    """`write` returns a Memory whose state tensors are batch-first with one row per context."""
+    name = getattr(method, "name", type(method).__name__)
+    if not isinstance(memory, Memory):
+        raise ContractError(f"method {name!r}: write must return a harness.contract.Memory, got {type(memory).__name__}")
+    shapes = [tuple(t.shape) for t in _tensors(memory.state)]
+    if not shapes:
+        raise ContractError(f"method {name!r}: Memory.state holds no tensor (batch-first tensors expected)")
+    wrong = [s for s in shapes if not s or s[0] != contexts]
+    if wrong:
+        raise ContractError(f"method {name!r}: every Memory.state tensor must be batch-first with {contexts} rows "
+                            f"(one per context); got shapes {wrong}")
+
+
+def check_logits(method: Method, logits, read_ids: torch.Tensor) -> None:
+    """`read` returns logits (Q, Lr, V) aligned with read_ids."""
+    name = getattr(method, "name", type(method).__name__)
+    expected = tuple(read_ids.shape)
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or tuple(logits.shape[:2]) != expected:
+        seen = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ContractError(f"method {name!r}: read must return logits (Q, Lr, V) = ({expected[0]}, {expected[1]}, V) "
+                            f"aligned with read_ids; got {seen}")
 
 
 def training_loss(method: Method, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,7 +18,7 @@ from harness.allocator import retain_freed_memory
 from harness.backbone import build_backbone
 from harness.config import EvalConfig, RunSpec, TrainConfig, build
 from harness.data import PretrainedCodec
-from harness.errors import HarnessError
+from harness.errors import ContractError, HarnessError
 from harness.train import Trainer
 from harness.tune import tune
 
@@ -132,6 +132,9 @@ def _run_in_worker(spec_dict: dict, out: str, device: str, cache_dir: str, plugi
     spec = RunSpec.from_dict(spec_dict)
     try:
         return execute_run(spec, Path(out), device, Path(cache_dir), progress)
+    except ContractError as error:  # the method broke the contract: one line, no traceback
+        log.error("run %s failed: %s", spec.label(), error)
+        return RunOutcome(spec.run_id, spec.label(), "failed", error=f"ContractError: {error}")
     except Exception as error:  # a failed run is reported; the sweep goes on
         log.exception("run %s failed", spec.label())
         return RunOutcome(spec.run_id, spec.label(), "failed", error=f"{type(error).__name__}: {error}")

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from harness.contract import Memory, Method
 from harness.data import collate
 from harness.pipeline import target_loss, training_loss, write_then_read
 from harness.registry import METHODS
@@ -98,3 +99,38 @@ def test_full_context_trains_in_one_pass_with_the_logits_and_gradients_of_write_
         assert torch.allclose(g, e, rtol=1e-9, atol=1e-12)
     with torch.no_grad():                                                   # not training: write, read
         assert torch.equal(training_loss(method.eval(), batch)[0], target_loss(reference, batch))
+
+
+class _BrokenRead(Method):
+    """A method whose read drops the query dimension (a deliberate contract break)."""
+    name = "broken_read"
+
+    def __init__(self, config, backbone):
+        super().__init__(config, backbone)
+        self.start = torch.nn.Parameter(torch.zeros(1))
+
+    def write(self, context_ids, context_mask, write_steps=None):
+        return Memory(state=context_ids.new_zeros(len(context_ids), 1).float(), floats=1)
+
+    def read(self, memory, read_ids, read_mask):
+        return torch.zeros(read_ids.shape[1], 5) + self.start
+
+
+class _BrokenWrite(_BrokenRead):
+    name = "broken_write"
+
+    def write(self, context_ids, context_mask, write_steps=None):
+        return Memory(state=torch.zeros(1, len(context_ids)), floats=1)   # not batch-first
+
+
+@pytest.mark.parametrize("cls, rule", [(_BrokenRead, "read must return logits (Q, Lr, V)"),
+                                       (_BrokenWrite, "batch-first")])
+def test_a_contract_break_names_the_method_the_rule_and_the_shapes(compact_task, cls, rule):
+    from harness.data import collate
+    from harness.errors import ContractError
+    method = cls(None, make_method("query_only", compact_task).backbone)
+    batch = collate(compact_task.examples("train", 3, seed=0), compact_task)
+    with pytest.raises(ContractError) as caught:
+        write_then_read(method, batch)
+    message = str(caught.value)
+    assert cls.name in message and rule in message and "got" in message and len(message.splitlines()) == 1

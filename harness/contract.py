@@ -61,9 +61,6 @@ class Memory:
         """Memory for each query: row i is the memory of context index[i]."""
         return dataclasses.replace(self, state=_map_tensors(self.state, lambda t: t.index_select(0, index)))
 
-    def detached(self) -> "Memory":
-        return dataclasses.replace(self, state=_map_tensors(self.state, lambda t: t.detach()))
-
 
 class Method(nn.Module, abc.ABC):
     """A memory method around a backbone.

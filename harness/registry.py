@@ -13,8 +13,12 @@ SUITE_DIR = Path(__file__).parent / "suites"
 _discovered = False
 
 
-def _register(table: dict, kind: str):
+def _register(table: dict, kind: str, base: str):
     def decorator(cls):
+        from harness import contract
+        required = getattr(contract, base)
+        if not (isinstance(cls, type) and issubclass(cls, required)):
+            raise TypeError(f"{kind} {getattr(cls, '__name__', cls)!r} must subclass harness.contract.{base}")
         if not cls.name:
             raise TypeError(f"{kind} class {cls.__name__} has no name")
         if cls.name in table and table[cls.name] is not cls:
@@ -26,8 +30,8 @@ def _register(table: dict, kind: str):
     return decorator
 
 
-register_method = _register(METHODS, "method")
-register_task = _register(TASKS, "task")
+register_method = _register(METHODS, "method", "Method")
+register_task = _register(TASKS, "task", "Task")
 
 
 def discover() -> None:

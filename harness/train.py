@@ -97,7 +97,7 @@ class Trainer:
         self.method.load_state_dict(data["method"])
         self.optimizer.load_state_dict(data["optimizer"])
         self.scheduler.load_state_dict(data["scheduler"])
-        self.state = data["state"]
+        self.state = {**self.state, **data["state"]}   # keys added since the checkpoint keep their defaults
         kept = [r for r in store.read_jsonl(self.metrics_path) if r["step"] <= self.state["step"]]
         store.atomic_write(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
         log.info("%s: resumed at step %d (stage %d)", self.label, self.state["step"], self.state["stage"])

@@ -1,4 +1,5 @@
-"""Shared by the memory-prefix methods (GradMem, RMT, ARMT): READ = backbone on [M; query; target].
+"""Shared by the memory-prefix methods (GradMem, RMT, ARMT): READ = backbone on [M; query; target],
+the [M; C; M] write sequence of the forward writers, the memory-size check, the reconstruction loss.
 
 Not a method itself (modules starting with `_` are not discovered).
 """
@@ -25,6 +26,19 @@ def check_memory_size(where: str, memory_size: int) -> None:
 
 def reconstruction_suffix(config) -> str:
     return " + recon" if getattr(config, "reconstruction_weight", 0) > 0 else ""
+
+
+def write_slot_sequence(memory_inputs: torch.Tensor, context_embeddings: torch.Tensor,
+                        lengths: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """[M; C; M] per example with the trailing slots right after the real context tokens.
+
+    Returns the (B, 2m + Lc, d) inputs and the (rows, positions) index of the trailing slots.
+    """
+    batch, m, _ = memory_inputs.shape
+    sequence = torch.cat([memory_inputs, context_embeddings, torch.zeros_like(memory_inputs)], dim=1)
+    positions = m + lengths[:, None] + torch.arange(m, device=lengths.device)
+    rows = torch.arange(batch, device=lengths.device)[:, None].expand(-1, m)
+    return sequence.index_put((rows, positions), memory_inputs), (rows, positions)
 
 
 class PrefixMemoryMethod(Method):

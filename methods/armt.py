@@ -4,7 +4,7 @@ What the code does, per decoder layer l (d: hidden width, F = 2 * d_mem * nu fea
 - Features: phi(x) = L2-normalise(DPFP_nu(x)), DPFP_nu(x) = [r * roll(r, 1), ..., r * roll(r, nu)]
   with r = [relu(x), relu(-x)] (Schlag et al., 2021). Keys and queries both go through phi.
 - WRITE runs the backbone once on [M0; C; M0] (trailing slots right after each context's real
-  tokens, `write_slot_sequence` of RMT). A forward hook takes the layer's OUTPUT states m_j at
+  tokens, `write_slot_sequence` of methods/_prefix.py, as RMT). A forward hook takes the layer's OUTPUT states m_j at
   the m trailing slots: keys phi_j = phi(W_k m_j), values v_j = W_v m_j, gates
   b_j = sigmoid(w_b . m_j + c_b) (one scalar per slot). One segment updates (A, z) from the
   state (A', z') before it, all slots at once:
@@ -55,8 +55,7 @@ from torch import nn
 from harness.contract import Memory
 from harness.errors import HarnessError
 from harness.registry import register_method
-from methods._prefix import PrefixMemoryMethod, check_memory_size
-from methods.rmt import write_slot_sequence
+from methods._prefix import PrefixMemoryMethod, check_memory_size, write_slot_sequence
 
 
 @dataclass

@@ -17,7 +17,7 @@ import torch
 from harness.contract import Memory
 from harness.errors import HarnessError
 from harness.registry import register_method
-from methods._prefix import PrefixMemoryMethod, check_memory_size, reconstruction_suffix
+from methods._prefix import PrefixMemoryMethod, check_memory_size, reconstruction_suffix, write_slot_sequence
 
 
 @dataclass
@@ -41,19 +41,6 @@ class RMTConfig:
         check_memory_size(where, self.memory_size)
         if self.write_passes < 1:
             raise HarnessError(f"{where}.write_passes = {self.write_passes} must be >= 1")
-
-
-def write_slot_sequence(memory_inputs: torch.Tensor, context_embeddings: torch.Tensor,
-                        lengths: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-    """[M; C; M] per example with the trailing slots right after the real context tokens.
-
-    Returns the (B, 2m + Lc, d) inputs and the (rows, positions) index of the trailing slots.
-    """
-    batch, m, _ = memory_inputs.shape
-    sequence = torch.cat([memory_inputs, context_embeddings, torch.zeros_like(memory_inputs)], dim=1)
-    positions = m + lengths[:, None] + torch.arange(m, device=lengths.device)
-    rows = torch.arange(batch, device=lengths.device)[:, None].expand(-1, m)
-    return sequence.index_put((rows, positions), memory_inputs), (rows, positions)
 
 
 @register_method

@@ -125,6 +125,12 @@ class Method(nn.Module, abc.ABC):
 ROLE_NAMES = ("other", "key", "value")   # roles of context tokens, for the inner-loss split
 
 
+@property
+def _override_aware_tokenizer(task):
+    codec = task.__dict__.get("_external_codec")
+    return codec if codec is not None else task._own_tokenizer
+
+
 class Task(abc.ABC):
     """A task family: seeded examples per split, a tokenizer, and what exact match scores."""
     name: ClassVar[str] = ""
@@ -164,12 +170,21 @@ class Task(abc.ABC):
     supports_pretrained_tokenizer: ClassVar[bool] = True
 
     def use_tokenizer(self, codec) -> None:
-        """Tokenise with a pretrained backbone's tokenizer instead of the task's own."""
+        """Tokenise with a pretrained backbone's tokenizer instead of the task's own (whether the
+        task defines `tokenizer` as a property or a cached_property: see `__init_subclass__`)."""
         if not self.supports_pretrained_tokenizer:
             from harness.errors import HarnessError
             raise HarnessError(f"task {self.name!r} needs its own tokenizer; use a backbone built from a config")
-        self.__dict__["tokenizer"] = codec
         self._external_codec = codec
+
+    def __init_subclass__(cls, **kwargs):
+        """A subclass's own `tokenizer` (property, cached_property, ...) moves to `_own_tokenizer`
+        and `tokenizer` becomes a property that prefers the codec `use_tokenizer` set."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("tokenizer")
+        if own is not None and own is not _override_aware_tokenizer:
+            cls._own_tokenizer = own
+            cls.tokenizer = _override_aware_tokenizer
 
     def with_params(self, **overrides) -> "Task":
         """The same task with some parameters changed (used by curricula)."""

@@ -33,33 +33,85 @@ DIRECTIONS = {"north": "south", "south": "north", "east": "west", "west": "east"
 
 
 # ------------------------------------------------------------------ release files
+def _shown(raw: str, limit: int = 80) -> str:
+    return repr(raw if len(raw) <= limit else raw[:limit] + "...")
+
+
+def read_text_file(path: str | Path, what: str) -> str:
+    """The UTF-8 text of a data file; a missing, unreadable or non-UTF-8 file is a HarnessError
+    naming the file (and the line of the first bad byte)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise HarnessError(f"cannot read {what} {path}: {error.strerror or error}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise HarnessError(f"{path}:{line}: not UTF-8 text (byte {data[error.start]:#04x} at offset "
+                           f"{error.start}); expected a {what}") from None
+
+
 def read_babi_file(path: str | Path) -> list[Example]:
     """One Example per question of a bAbI release file.
 
-    Lines are `ID text`; ID 1 starts a new story; question lines are
-    `ID question<TAB>answer<TAB>supporting ids`. The context is the story's statements before
-    the question (numbers removed, earlier questions left out), joined by spaces.
+    Lines are `ID text`; ID 1 starts a new story and the IDs of a story count up by one;
+    question lines are `ID question<TAB>answer<TAB>supporting ids`. The context is the story's
+    statements before the question (numbers removed, earlier questions left out), joined by
+    spaces. Anything else (a line without an ID, a skipped ID, an empty question or answer, a
+    question without its tab-separated answer, a file without questions) is a HarnessError
+    naming the file and line.
     """
     examples: list[Example] = []
     story: list[str] = []
-    for number, raw in enumerate(Path(path).read_text().splitlines(), 1):
+    previous = 0
+    for number, raw in enumerate(read_text_file(path, "bAbI release file").splitlines(), 1):
         if not raw.strip():
             continue
-        match = re.match(r"\s*(\d+)\s+(.*)", raw)
+        where = f"{path}:{number}"
+        match = re.match(r"\s*(\d+) +(.*)", raw)   # spaces only: a tab right after the ID is an empty question
         if not match:
-            raise HarnessError(f"{path}:{number}: not a bAbI line (expected 'ID text'): {raw!r}")
+            raise HarnessError(f"{where}: not a bAbI line (expected 'ID text'): {_shown(raw)}")
         line_id, text = int(match.group(1)), match.group(2)
+        if line_id != 1 and line_id != previous + 1:
+            raise HarnessError(f"{where}: line ID {line_id} follows {previous} (a story starts at 1 and counts "
+                               f"up by one): {_shown(raw)}")
+        previous = line_id
         if line_id == 1:
             story = []
         if "\t" in text:
-            parts = text.split("\t")
-            if len(parts) < 2:
-                raise HarnessError(f"{path}:{number}: question line without an answer: {raw!r}")
-            question, answer = parts[0].strip(), parts[1].strip()
+            question, answer = (part.strip() for part in text.split("\t")[:2])
+            if not question or not answer:
+                raise HarnessError(f"{where}: question line with an empty {'question' if not question else 'answer'} "
+                                   f"(expected 'ID question<TAB>answer<TAB>supporting ids'): {_shown(raw)}")
             examples.append(Example(" ".join(story), (Query(question, answer, tuple(answer.split(","))),)))
+        elif "?" in text:   # bAbI statements never ask
+            raise HarnessError(f"{where}: question without a tab-separated answer "
+                               f"(expected 'ID question<TAB>answer<TAB>supporting ids'): {_shown(raw)}")
+        elif not text.strip():
+            raise HarnessError(f"{where}: empty statement: {_shown(raw)}")
         else:
             story.append(text.strip())
+    if not examples:
+        raise HarnessError(f"{path}: no bAbI questions in the file (empty, or statements only); expected lines "
+                           f"'ID text' and 'ID question<TAB>answer<TAB>supporting ids'")
     return examples
+
+
+_FILE_CACHE: dict[tuple, list[Example]] = {}
+
+
+def _read_release_file(path: Path) -> list[Example]:
+    """`read_babi_file`, read once per file version: the feasibility check builds the task once
+    per run of a sweep, and each build reads (and so validates) the files."""
+    try:
+        stat = path.stat()
+    except OSError as error:
+        raise HarnessError(f"cannot read bAbI release file {path}: {error.strerror or error}") from None
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    if key not in _FILE_CACHE:
+        _FILE_CACHE[key] = read_babi_file(path)
+    return _FILE_CACHE[key]
 
 
 # ------------------------------------------------------------------ generator
@@ -141,7 +193,7 @@ def _story(rng: random.Random, qa: int, sentences: int) -> tuple[list[str], _Wor
     return lines, world
 
 
-def _questions(rng: random.Random, qa: int, world: _World) -> list[Query]:
+def _questions(qa: int, world: _World) -> list[Query]:
     if qa == 1:
         return [Query(f"Where is {a}?", world.actor_at[a]) for a in world.actor_at]
     if qa == 2:
@@ -198,7 +250,7 @@ def generate_example(qa: int, rng: random.Random, sentences: int) -> Example:
         return _relations(rng)
     while True:
         lines, world = _story(rng, qa, sentences)
-        queries = _questions(rng, qa, world)
+        queries = _questions(qa, world)
         if queries:
             rng.shuffle(queries)
             return Example(" ".join(lines), tuple(queries))
@@ -211,14 +263,15 @@ class Babi(Task):
     Config = BabiConfig
 
     def _file(self, split: str) -> Path:
-        found = sorted(Path(self.config.data_dir).glob(f"qa{self.config.qa}_*{split}.txt"))
+        found = sorted(p for p in Path(self.config.data_dir).glob(f"qa{self.config.qa}_*{split}.txt") if p.is_file())
         if not found:
-            raise HarnessError(f"no file qa{self.config.qa}_*{split}.txt in {self.config.data_dir}")
+            raise HarnessError(f"no file qa{self.config.qa}_*{split}.txt in --data-dir {self.config.data_dir}; "
+                               f"pass the bAbI en-valid-10k folder, or leave --data-dir out for generated stories")
         return found[0]
 
     @cached_property
     def _release(self) -> dict[str, list[Example]]:
-        return {split: read_babi_file(self._file(split)) for split in ("train", "valid", "test")}
+        return {split: _read_release_file(self._file(split)) for split in ("train", "valid", "test")}
 
     @cached_property
     def tokenizer(self) -> Codec:
@@ -243,5 +296,7 @@ class Babi(Task):
         return [generate_example(self.config.qa, rng, self.config.story_sentences) for _ in range(count)]
 
     def max_lengths(self) -> tuple[int, int]:
+        if self.config.data_dir:
+            self._release   # read (and so validate) the release files before any run starts
         words_per_sentence = 9
         return self.config.story_sentences * words_per_sentence + 8, 16

@@ -1,7 +1,8 @@
 """Short SQuAD in the context-removal setting, and the standard SQuAD exact match / F1.
 
-Reads SQuAD v1.1 JSON (`train-v1.1.json`, `dev-v1.1.json` in `--data-dir`, or a Hugging Face
-`squad` dataset already in the local cache); no download is attempted. Short SQuAD keeps only
+Reads SQuAD v1.1 JSON (`train-v1.1.json`, `dev-v1.1.json` in `--data-dir`); no download is
+attempted. A file that is not UTF-8, not JSON (e.g. truncated) or lacks a SQuAD field is an
+error naming the file and the field, raised when the suite is expanded. Short SQuAD keeps only
 the sentence(s) of the paragraph that contain the first answer span: sentences are split by a
 rule (a `.`, `!` or `?`, optionally followed by a closing quote or bracket, then white space
 and an upper-case letter, digit or opening quote), and every sentence overlapping the span is
@@ -47,27 +48,90 @@ def short_context(paragraph: str, answer_start: int, answer_text: str) -> str:
     return " ".join(kept) if kept else paragraph.strip()
 
 
-def read_squad(data: dict) -> list[Example]:
-    """Short SQuAD examples from a parsed SQuAD v1.1 JSON object."""
+_KINDS = {list: "list", str: "string", int: "integer"}
+
+
+def _field(node, key: str, kind: type, where: str, source):
+    """node[key] checked to be a `kind`; else a HarnessError naming the file and the field."""
+    if not isinstance(node, dict):
+        raise HarnessError(f"{source}: {where} is a {type(node).__name__}, expected a JSON object "
+                           f"with {key!r} (SQuAD v1.1 format)")
+    if key not in node:
+        raise HarnessError(f"{source}: {where} has no {key!r} (SQuAD v1.1 format)")
+    value = node[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise HarnessError(f"{source}: {where}.{key} is a {type(value).__name__}, expected a "
+                           f"{_KINDS[kind]} (SQuAD v1.1 format)")
+    return value
+
+
+def read_squad(data: dict, source: str | Path = "SQuAD JSON") -> list[Example]:
+    """Short SQuAD examples from a parsed SQuAD v1.1 JSON object; `source` names it in errors.
+
+    Questions with an empty `answers` list are skipped; a missing field, a field of the wrong
+    type or an answer start outside its paragraph is a HarnessError naming the source and the
+    field, as is a file with no answered question.
+    """
     examples = []
-    for article in data["data"]:
-        for paragraph in article["paragraphs"]:
-            for qa in paragraph["qas"]:
-                answers = qa.get("answers") or []
-                if not answers:
+    for i, article in enumerate(_field(data, "data", list, "the top level", source)):
+        for j, paragraph in enumerate(_field(article, "paragraphs", list, f"data[{i}]", source)):
+            where = f"data[{i}].paragraphs[{j}]"
+            text = _field(paragraph, "context", str, where, source)
+            for k, qa in enumerate(_field(paragraph, "qas", list, where, source)):
+                at = f"{where}.qas[{k}]" + (f" (id {qa['id']})" if isinstance(qa, dict) and "id" in qa else "")
+                question = _field(qa, "question", str, at, source)
+                answers = _field(qa, "answers", list, at, source)
+                spans = []
+                for n, answer in enumerate(answers):
+                    answer_text = _field(answer, "text", str, f"{at}.answers[{n}]", source)
+                    start = _field(answer, "answer_start", int, f"{at}.answers[{n}]", source)
+                    if not 0 <= start < len(text):
+                        raise HarnessError(f"{source}: {at}.answers[{n}].answer_start = {start} is outside its "
+                                           f"paragraph of {len(text)} characters")
+                    spans.append((start, answer_text))
+                if not spans:
                     continue
-                first = answers[0]
-                context = short_context(paragraph["context"], first["answer_start"], first["text"])
-                references = tuple(dict.fromkeys(a["text"] for a in answers))
-                examples.append(Example(context, (Query(qa["question"], first["text"], references),)))
+                (start, target), references = spans[0], tuple(dict.fromkeys(t for _, t in spans))
+                examples.append(Example(short_context(text, start, target), (Query(question, target, references),)))
+    if not examples:
+        raise HarnessError(f"{source}: no answered question (SQuAD v1.1 format: data[].paragraphs[].qas[] "
+                           f"with answers[] of text and answer_start)")
     return examples
 
 
-def _load_json(path: Path) -> dict:
+def _load_json(path: Path):
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise HarnessError(f"cannot read SQuAD file {path}: {error}") from None
+        data = path.read_bytes()
+    except OSError as error:
+        raise HarnessError(f"cannot read SQuAD file {path}: {error.strerror or error}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise HarnessError(f"{path}: not UTF-8 text (byte {data[error.start]:#04x} at offset {error.start}); "
+                           f"expected SQuAD v1.1 JSON") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        ends_early = error.pos >= len(text.rstrip()) or error.msg.startswith("Unterminated string")
+        truncated = " (the file ends early: truncated?)" if ends_early else ""
+        raise HarnessError(f"{path}:{error.lineno}:{error.colno}: not valid JSON{truncated}: {error.msg}") from None
+
+
+_FILE_CACHE: dict[tuple, list[Example]] = {}
+
+
+def read_squad_file(path: Path) -> list[Example]:
+    """Short SQuAD examples of a SQuAD v1.1 JSON file, read once per file version: the
+    feasibility check builds the task once per run of a sweep, and each build reads (and so
+    validates) the files."""
+    try:
+        stat = path.stat()
+    except OSError as error:
+        raise HarnessError(f"cannot read SQuAD file {path}: {error.strerror or error}") from None
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    if key not in _FILE_CACHE:
+        _FILE_CACHE[key] = read_squad(_load_json(path), path)
+    return _FILE_CACHE[key]
 
 
 @dataclass
@@ -100,11 +164,14 @@ class Squad(Task):
     @cached_property
     def _splits(self) -> dict[str, list[Example]]:
         folder = Path(self.config.data_dir)
-        train = read_squad(_load_json(folder / "train-v1.1.json"))
-        dev = read_squad(_load_json(folder / "dev-v1.1.json"))
-        return {"train": train,
-                "valid": [e for e in dev if _split_of(e.queries[0].text + e.context) == "valid"],
-                "test": [e for e in dev if _split_of(e.queries[0].text + e.context) == "test"]}
+        train = read_squad_file(folder / "train-v1.1.json")
+        dev = read_squad_file(folder / "dev-v1.1.json")
+        valid = [e for e in dev if _split_of(e.queries[0].text + e.context) == "valid"]
+        test = [e for e in dev if _split_of(e.queries[0].text + e.context) == "test"]
+        if not valid or not test:
+            raise HarnessError(f"{folder / 'dev-v1.1.json'}: its {len(dev)} answered question(s) all fall in the "
+                               f"{'test' if not valid else 'valid'} half; the valid and test splits need one each")
+        return {"train": train, "valid": valid, "test": test}
 
     @cached_property
     def tokenizer(self) -> Codec:
@@ -124,4 +191,5 @@ class Squad(Task):
         return pool[:count]
 
     def max_lengths(self) -> tuple[int, int]:
-        return 0, 0   # measured on the data at run time
+        self._splits   # read (and so validate) both files before any run starts
+        return 0, 0    # not bounded: sequence lengths are not checked against the backbone for SQuAD

@@ -1,7 +1,9 @@
 """bAbI: the release-file reader on a hand-written file, and generated answers checked by an
 independent simulator that reads the story text."""
 import re
+import shutil
 from collections import defaultdict
+from functools import cached_property
 from pathlib import Path
 
 import pytest
@@ -37,10 +39,77 @@ def test_release_folder_as_a_task(tmp_path):
     assert task.tokenizer.unk_id not in task.tokenizer.encode(task.examples("train", 3, 0)[0].context)
     with pytest.raises(HarnessError, match="not a folder"):
         make_babi(qa=1, data_dir=str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"Mary moved.\n", r"bad\.txt:1: not a bAbI line"),
+    (b"1 Mary moved to the bathroom.\n3 Where is Mary? \tbathroom\t1\n", r"bad\.txt:2: line ID 3 follows 1"),
+    (b"1 Mary moved to the bathroom.\n2 Where is Mary? \t\t1\n", r"bad\.txt:2: question line with an empty answer"),
+    (b"1 Mary moved to the bathroom.\n2 Where is Mary? \t\n", r"bad\.txt:2: question line with an empty answer"),
+    (b"1 Mary moved to the bathroom.\n2 \tbathroom\t1\n", r"bad\.txt:2: question line with an empty question"),
+    (b"1 Mary moved to the bathroom.\n2 Where is Mary? bathroom 1\n", r"bad\.txt:2: question without a tab"),
+    (b"1 Mary moved to the bathroom.\n2 \n", r"bad\.txt:2: empty statement"),
+    (b"1 Mary moved to the bathroom.\n2 Where is Mary?\tbath\xe9room\t1\n", r"bad\.txt:2: not UTF-8"),
+    (b"", r"bad\.txt: no bAbI questions"),
+    (b"\n\n", r"bad\.txt: no bAbI questions"),
+    (b"1 Mary moved to the bathroom.\n", r"bad\.txt: no bAbI questions"),
+])
+def test_read_babi_file_names_the_file_and_line_of_bad_input(tmp_path, content, message):
     bad = tmp_path / "bad.txt"
-    bad.write_text("Mary moved.\n")
-    with pytest.raises(HarnessError, match="not a bAbI line"):
+    bad.write_bytes(content)
+    with pytest.raises(HarnessError, match=message) as error:
         read_babi_file(bad)
+    assert len(str(error.value).splitlines()) == 1
+
+
+def release_folder(tmp_path, **replaced: bytes) -> Path:
+    """A copy of the QA1 + QA5 fixture release with some files' contents replaced (`qa1_train=b"..."`)."""
+    folder = tmp_path / "babi"
+    shutil.copytree(FIXTURES, folder)
+    for key, content in replaced.items():
+        qa, split = key.split("_")
+        (path,) = folder.glob(f"{qa}_*{split}.txt")
+        path.write_bytes(content)
+    return folder
+
+
+def run_babi_suite(tmp_path, capsys, folder, *extra):
+    from harness.cli import main
+    code = main(["--suite", "babi", "--scale", "smoke", "--data-dir", str(folder), "--out", str(tmp_path / "r"),
+                 "--cache", str(tmp_path / "c"), "--quiet", "--device", "cpu", *extra])
+    return code, capsys.readouterr()
+
+
+def test_babi_suite_on_a_good_release_folder_validates_and_plans(tmp_path, capsys):
+    code, captured = run_babi_suite(tmp_path, capsys, FIXTURES, "--dry-run")
+    assert code == 0, captured.err
+    assert "qa=5" in captured.out and not (tmp_path / "r").exists()
+
+
+BAD_RELEASES = {
+    "empty folder": (lambda p: (p / "empty").mkdir() or p / "empty", r"no file qa1_\*train\.txt in --data-dir"),
+    "corrupt file": (lambda p: release_folder(p, qa1_train=b"Mary moved to the bathroom.\n"),
+                     r"qa1_single-supporting-fact_train\.txt:1: not a bAbI line"),
+    "empty file": (lambda p: release_folder(p, qa1_valid=b""), r"qa1_single-supporting-fact_valid\.txt: no bAbI questions"),
+    "non-UTF-8": (lambda p: release_folder(p, qa1_test=b"1 John moved to the k\xff\xfeitchen.\n"),
+                  r"qa1_single-supporting-fact_test\.txt:1: not UTF-8"),
+    "empty answer": (lambda p: release_folder(p, qa1_train=b"1 John moved to the kitchen.\n2 Where is John? \t\t1\n"),
+                     r"qa1_single-supporting-fact_train\.txt:2: question line with an empty answer"),
+    # every run of the sweep is checked, not only the first: QA1 is good, QA5 (a later run) is not
+    "bad file of a later run": (lambda p: release_folder(p, qa5_test=b"1 Fred grabbed the apple there.\n"),
+                                r"qa5_three-arg-relations_test\.txt: no bAbI questions"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_RELEASES))
+def test_bad_release_data_exits_2_with_one_line_and_writes_nothing(case, tmp_path, capsys):
+    make_folder, message = BAD_RELEASES[case]
+    code, captured = run_babi_suite(tmp_path, capsys, make_folder(tmp_path))
+    err = captured.err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("error:"), err
+    assert re.search(message, err), err
+    assert not (tmp_path / "r").exists()
 
 
 MOVE = r"(\w+) (?:moved|went|journeyed|travelled|went back) to the (\w+)\."
@@ -125,3 +194,53 @@ def test_babi_trains_end_to_end(tmp_path):
     logits, _ = write_then_read(method, batch)
     target_loss(logits, batch).backward()
     assert batch.context_ids.shape[1] <= task.max_lengths()[0]
+
+
+def test_use_tokenizer_overrides_a_property_or_a_cached_property():
+    import dataclasses
+    import math
+    from harness.contract import Task
+
+    @dataclasses.dataclass
+    class TinyConfig:
+        size: int = 1
+
+    class Own:
+        vocab_size = 3
+
+    class External:
+        vocab_size = 7
+
+    class WithProperty(Task):
+        name = "with_property"
+        Config = TinyConfig
+
+        @property
+        def tokenizer(self):
+            return Own()
+
+        def examples(self, split, count, seed):
+            return []
+
+    class WithCachedProperty(WithProperty):
+        name = "with_cached_property"
+
+        @cached_property
+        def tokenizer(self):
+            return Own()
+
+    for cls in (WithProperty, WithCachedProperty):
+        task, untouched, codec = cls(TinyConfig()), cls(TinyConfig()), External()
+        assert isinstance(task.tokenizer, Own)          # a cached_property has cached the task's own
+        task.use_tokenizer(codec)
+        assert task.tokenizer is codec and task.chance_loss() == pytest.approx(math.log(7))
+        assert isinstance(task, cls) and type(task).__name__ == cls.__name__ and task.name == cls.name
+        assert isinstance(untouched.tokenizer, Own)     # other instances keep their own tokenizer
+        again = task.with_params(size=2)                 # curricula keep the override
+        assert again.tokenizer is codec and isinstance(again, cls) and again.config.size == 2
+        other = External()
+        task.use_tokenizer(other)                        # a second override replaces the first
+        assert task.tokenizer is other
+        fresh = cls(TinyConfig())
+        fresh.use_tokenizer(codec)
+        assert type(fresh) is type(task)                 # one override class per task class

@@ -40,3 +40,15 @@ def compact_task():
 @pytest.fixture
 def paper_task():
     return make_task(format="paper", pairs=4)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--harness-plugin", action="append", default=[],
+                     help="import a module that registers methods or tasks before collection, so the "
+                          "registry-wide tests (test_contract.py, test_devices.py) check them too")
+
+
+def pytest_configure(config):
+    from harness.registry import load_plugin
+    for module in config.getoption("--harness-plugin"):
+        load_plugin(module)

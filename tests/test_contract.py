@@ -147,3 +147,47 @@ def test_the_registry_refuses_a_class_that_is_not_a_method_or_task():
     with pytest.raises(TypeError, match="must subclass harness.contract.Task"):
         register_task(NotAMethod)
     assert "not_a_method" not in METHODS
+
+
+PEEKING_PLUGIN = '''
+import torch
+from harness.contract import Memory, Method
+from harness.registry import register_method
+from dataclasses import dataclass
+
+@dataclass
+class PeekConfig:
+    pass
+
+@register_method
+class Peek(Method):
+    """Breaks context removal: keeps the context on the module and reads it back."""
+    name = "peek_plugin"
+    Config = PeekConfig
+
+    def __init__(self, config, backbone):
+        super().__init__(config, backbone)
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def write(self, context_ids, context_mask, write_steps=None):
+        self.seen = context_ids
+        return Memory(state=torch.zeros(len(context_ids), 1, dtype=self.scale.dtype), floats=1)
+
+    def read(self, memory, read_ids, read_mask):
+        hidden, _ = self.backbone.hidden(self.backbone.embed(torch.cat([self.seen[:len(read_ids)], read_ids], 1)))
+        return self.scale * self.backbone.lm_head(hidden[:, -read_ids.shape[1]:])
+'''
+
+
+def test_registry_wide_tests_check_an_outside_plugin(tmp_path):
+    """`pytest tests/test_contract.py --harness-plugin MODULE` runs the contract tests on a plugin."""
+    import os
+    import subprocess
+    import sys
+    (tmp_path / "peek_plugin.py").write_text(PEEKING_PLUGIN)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd()]), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "pytest", "tests/test_contract.py", "-q", "-p", "no:cacheprovider",
+                           "-k", "read_never_sees and peek_plugin", "--harness-plugin", "peek_plugin"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "FAILED tests/test_contract.py::test_read_never_sees_the_context[peek_plugin]" in done.stdout

@@ -6,11 +6,13 @@ Not a method itself (modules starting with `_` are not discovered).
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.config import non_negative
 from harness.contract import Memory, Method
 from harness.errors import HarnessError
 from harness.pipeline import at_least_fp32
@@ -22,6 +24,29 @@ MAX_MEMORY_SIZE = 4096   # memory vectors; far above any setting of the paper (<
 def check_memory_size(where: str, memory_size: int) -> None:
     if not 1 <= memory_size <= MAX_MEMORY_SIZE:
         raise HarnessError(f"{where}.memory_size = {memory_size} must be from 1 to {MAX_MEMORY_SIZE}")
+
+
+@dataclass
+class PrefixMemoryConfig:
+    """Options every prefix-memory method shares (each method may change a default)."""
+    memory_size: int = 8
+    memory_map: bool = True     # learned linear map on the memory input, identity init
+    init_std: float = 0.02      # std of the learned initial memory M0
+
+    def validate(self, where):
+        check_memory_size(where, self.memory_size)
+
+
+@dataclass
+class ForwardWriterConfig(PrefixMemoryConfig):
+    """RMT and ARMT: memory written by forward passes."""
+    reconstruction_weight: float = 0.0  # training only: add this times the cross-entropy of the
+                                # context read back from the memory (the official RMT code's
+                                # reconstruction loss); the write itself is unchanged
+
+    def validate(self, where):
+        super().validate(where)
+        non_negative(where, reconstruction_weight=self.reconstruction_weight)
 
 
 def reconstruction_suffix(config) -> str:
@@ -50,7 +75,7 @@ class PrefixMemoryMethod(Method):
         self.memory_size = config.memory_size
         self.initial_memory = nn.Parameter(torch.randn(config.memory_size, d) * config.init_std)
         self.memory_map = None
-        if getattr(config, "memory_map", False):
+        if config.memory_map:
             self.memory_map = nn.Linear(d, d)
             with torch.no_grad():
                 self.memory_map.weight.copy_(torch.eye(d))

@@ -55,27 +55,21 @@ from torch import nn
 from harness.contract import Memory
 from harness.errors import HarnessError
 from harness.registry import register_method
-from methods._prefix import PrefixMemoryMethod, check_memory_size, write_slot_sequence
+from methods._prefix import ForwardWriterConfig, PrefixMemoryMethod, write_slot_sequence
 
 
 @dataclass
-class ARMTConfig:
-    memory_size: int = 8
+class ARMTConfig(ForwardWriterConfig):
     d_mem: int = 64          # key / query width before DPFP
     nu: int = 3              # DPFP order: features = 2 * d_mem * nu
     memory_map: bool = False
-    init_std: float = 0.02
     eps: float = 1e-5        # in the denominators of the write's retrieval and of the read
     use_gamma: bool = True   # ARMT's `correction`: normaliser grows by gamma * phi, not phi
     slot_update: Literal["parallel", "sequential"] = "parallel"  # slots of a segment against the
                              # memory before it (ARMT code), or one slot after another
-    reconstruction_weight: float = 0.0  # training only: the context read back from the memory
-                             # (as RMT's reconstruction loss, methods/_prefix.py)
 
     def validate(self, where):
-        if not self.reconstruction_weight >= 0:
-            raise HarnessError(f"{where}.reconstruction_weight = {self.reconstruction_weight} must be >= 0")
-        check_memory_size(where, self.memory_size)
+        super().validate(where)
         for key in ("d_mem", "nu"):
             if getattr(self, key) < 1:
                 raise HarnessError(f"{where}.{key} = {getattr(self, key)} must be >= 1")

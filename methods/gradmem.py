@@ -23,30 +23,27 @@ from harness.contract import Memory
 from harness.errors import HarnessError
 from harness.pipeline import at_least_fp32
 from harness.registry import register_method
-from methods._prefix import PrefixMemoryMethod, check_memory_size
+from methods._prefix import PrefixMemoryConfig, PrefixMemoryMethod
 
 
 @dataclass
-class GradMemConfig:
+class GradMemConfig(PrefixMemoryConfig):
     """Paper defaults: 8 memory vectors, K <= 5, second order, memory map and WRITE head on
     (the official KV script turns the memory map off), alpha searched in [0.01, 10]."""
-    memory_size: int = 8
     write_steps: int = 1
     order: Literal["second", "first", "none"] = "second"
     inner_lr: float = 0.1            # alpha, the inner step size (initial value when learned)
     learn_inner_lr: bool = False     # learn log(alpha) with the outer optimiser
-    memory_map: bool = True          # learned linear map on the memory, identity init
     write_head: bool = True          # untied copy of the LM head used only for L_write
     inner_grad_clip: float | None = None  # clip each example's inner gradient to this norm
     checkpoint_steps: bool = False   # recompute each write step in the outer backward: peak
                                      # memory stops growing with K, gradients are unchanged
     log_write_loss: bool = True      # evaluation logs L_write at M_0..M_K (one extra forward per
                                      # context for M_K); off: no inner-loss log, pure throughput
-    init_std: float = 0.02
 
     def validate(self, where):
+        super().validate(where)
         non_negative(where, write_steps=self.write_steps, inner_grad_clip=self.inner_grad_clip)
-        check_memory_size(where, self.memory_size)
         positive(where, inner_lr=self.inner_lr)
 
 

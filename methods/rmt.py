@@ -17,28 +17,20 @@ import torch
 from harness.contract import Memory
 from harness.errors import HarnessError
 from harness.registry import register_method
-from methods._prefix import PrefixMemoryMethod, check_memory_size, reconstruction_suffix, write_slot_sequence
+from methods._prefix import ForwardWriterConfig, PrefixMemoryMethod, reconstruction_suffix, write_slot_sequence
 
 
 @dataclass
-class RMTConfig:
-    memory_size: int = 8
+class RMTConfig(ForwardWriterConfig):
     write_passes: int = 1       # the paper's "RMT xK": 1..5
-    memory_map: bool = True     # learned linear map on the memory input, identity init
     residual: bool = False      # new memory = previous + written states
     memory_source: Literal["final", "residual"] = "final"  # last-layer states after the final
                                 # norm (RMS ~1, the paper's code) or before it (the residual stream)
     write_scale: float | None = None  # RMS-normalise each written vector to this (e.g. the
                                 # embeddings' 0.02); None: keep the states' own scale
-    reconstruction_weight: float = 0.0  # training only: add this times the cross-entropy of the
-                                # context read back from [M; C] (the official RMT code's
-                                # reconstruction loss); the write stays forward-only
-    init_std: float = 0.02
 
     def validate(self, where):
-        if not self.reconstruction_weight >= 0:
-            raise HarnessError(f"{where}.reconstruction_weight = {self.reconstruction_weight} must be >= 0")
-        check_memory_size(where, self.memory_size)
+        super().validate(where)
         if self.write_passes < 1:
             raise HarnessError(f"{where}.write_passes = {self.write_passes} must be >= 1")
 

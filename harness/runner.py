@@ -98,6 +98,7 @@ def execute_run(spec: RunSpec, out: Path, device: str = "cpu", cache_dir: Path =
     if spec.train.get("tune"):
         tuning = tune(spec, out, device)
         train = {**spec.train, **tuning["chosen"]}
+        started = time.time()   # wall_seconds: this run alone (the shared tuning has its own cells)
     seed_everything(spec.seed)
     task, method = build_run(spec)
     method.to(device)

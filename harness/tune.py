@@ -44,10 +44,17 @@ def tune_path(out: Path, spec: RunSpec) -> Path:
     return Path(out) / spec.suite / "tuning" / f"{tune_id(spec)}.json"
 
 
+CELL_RESULTS = ("valid_em", "best_step", "seconds")
+
+
+def cells_grid_keys(cells: list[dict]) -> set:
+    return {k for cell in cells for k in cell if k not in CELL_RESULTS}
+
+
 def choose(cells: list[dict]) -> dict:
     """The best cell: highest validation EM, then fewest steps to it, then grid order."""
     best = max(enumerate(cells), key=lambda item: (item[1]["valid_em"], -item[1]["best_step"], -item[0]))[1]
-    return {k: v for k, v in best.items() if k not in ("valid_em", "best_step")}
+    return {k: v for k, v in best.items() if k in cells_grid_keys(cells)}
 
 
 def cell_spec(spec: RunSpec, cell: dict) -> RunSpec:
@@ -72,7 +79,8 @@ def train_cell(spec: RunSpec, device: str) -> dict:
                           progress=False, test_at_stage_end=False)
         result = trainer.run()
     stage = result["stages"][0] if result["stages"] else {"best_valid_em": 0.0, "best_step": 0}
-    return {"valid_em": max(stage["best_valid_em"], 0.0), "best_step": stage["best_step"]}
+    return {"valid_em": max(stage["best_valid_em"], 0.0), "best_step": stage["best_step"],
+            "seconds": round(result["train_seconds"], 1)}
 
 
 def tune(spec: RunSpec, out: Path, device: str = "cpu") -> dict:

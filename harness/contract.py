@@ -90,6 +90,11 @@ class Method(nn.Module, abc.ABC):
         logits[:, j] is the prediction of read_ids[:, j] from the memory and read_ids[:, :j].
         """
 
+    def train_logits(self, batch) -> torch.Tensor | None:
+        """Training only: the logits write-then-read would give, computed another way (full
+        context: one pass over [C; Q; Y]); None (the default) makes the pipeline write and read."""
+        return None
+
     def eval_write_steps(self) -> list[int | None]:
         """Write-step settings evaluated after training; None = the method's own."""
         return [None]

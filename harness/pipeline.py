@@ -68,8 +68,7 @@ def training_loss(method: Method, batch: Batch) -> tuple[torch.Tensor, torch.Ten
     returns None, the batch is written and read, and the memory's `aux_loss` (a training-only
     term such as RMT's reconstruction loss) is added.
     """
-    one_pass = getattr(method, "train_logits", None)
-    logits = one_pass(batch) if method.training and one_pass is not None else None
+    logits = method.train_logits(batch) if method.training else None
     aux = None
     if logits is None:
         logits, memory = write_then_read(method, batch)

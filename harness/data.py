@@ -138,3 +138,22 @@ def collate(examples: Sequence[Example], task, queries_per_context: int | str = 
     context_roles = _pad([task.context_roles(c) for c in contexts], 0)[0]
     return Batch(context_ids, context_mask, read_ids, read_mask, target_mask, score_mask,
                  torch.tensor(index, dtype=torch.long), context_roles)
+
+
+_FILE_CACHE: dict[tuple, object] = {}
+
+
+def read_once(path, reader, what: str):
+    """`reader(path)`, cached per file version (path, mtime, size): the feasibility check builds a
+    task once per run of a sweep, and each build reads (and so validates) its data files."""
+    from pathlib import Path
+    from harness.errors import HarnessError
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError as error:
+        raise HarnessError(f"cannot read {what} {path}: {error.strerror or error}") from None
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    if key not in _FILE_CACHE:
+        _FILE_CACHE[key] = reader(path)
+    return _FILE_CACHE[key]

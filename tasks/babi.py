@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from harness.contract import Example, Query, Task
-from harness.data import Codec
+from harness.data import Codec, read_once
 from harness.errors import HarnessError
 from harness.registry import register_task
 
@@ -98,20 +98,9 @@ def read_babi_file(path: str | Path) -> list[Example]:
     return examples
 
 
-_FILE_CACHE: dict[tuple, list[Example]] = {}
-
-
 def _read_release_file(path: Path) -> list[Example]:
-    """`read_babi_file`, read once per file version: the feasibility check builds the task once
-    per run of a sweep, and each build reads (and so validates) the files."""
-    try:
-        stat = path.stat()
-    except OSError as error:
-        raise HarnessError(f"cannot read bAbI release file {path}: {error.strerror or error}") from None
-    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-    if key not in _FILE_CACHE:
-        _FILE_CACHE[key] = read_babi_file(path)
-    return _FILE_CACHE[key]
+    """`read_babi_file`, read once per file version (`harness.data.read_once`)."""
+    return read_once(path, read_babi_file, "bAbI release file")
 
 
 # ------------------------------------------------------------------ generator

@@ -22,7 +22,7 @@ from functools import cached_property
 from pathlib import Path
 
 from harness.contract import Example, Query, Task
-from harness.data import Codec
+from harness.data import Codec, read_once
 from harness.errors import HarnessError
 from harness.registry import register_task
 from harness.text_metrics import normalize_answer, squad_em_f1  # noqa: F401 (re-exported)
@@ -117,21 +117,9 @@ def _load_json(path: Path):
         raise HarnessError(f"{path}:{error.lineno}:{error.colno}: not valid JSON{truncated}: {error.msg}") from None
 
 
-_FILE_CACHE: dict[tuple, list[Example]] = {}
-
-
 def read_squad_file(path: Path) -> list[Example]:
-    """Short SQuAD examples of a SQuAD v1.1 JSON file, read once per file version: the
-    feasibility check builds the task once per run of a sweep, and each build reads (and so
-    validates) the files."""
-    try:
-        stat = path.stat()
-    except OSError as error:
-        raise HarnessError(f"cannot read SQuAD file {path}: {error.strerror or error}") from None
-    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-    if key not in _FILE_CACHE:
-        _FILE_CACHE[key] = read_squad(_load_json(path), path)
-    return _FILE_CACHE[key]
+    """Short SQuAD examples of a SQuAD v1.1 JSON file, read once per file version."""
+    return read_once(path, lambda p: read_squad(_load_json(p), p), "SQuAD file")
 
 
 @dataclass

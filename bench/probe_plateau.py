@@ -30,7 +30,8 @@ def parse_value(text: str):
 def probe(args, seed: int) -> dict:
     registry.discover()
     spec = next(s for s in expand_suite(args.suite, args.scale, methods=[args.method]))
-    method = {**spec.method, **dict(args.method_set)}
+    base = {**spec.method, "reconstruction_weight": 0.0} if "reconstruction_weight" in spec.method else spec.method
+    method = {**base, **dict(args.method_set)}   # the plain method unless --set asks for the loss
     spec.method = resolve_section("method", method, "probe method")
     train = {**spec.train, "curriculum": [{"pairs": args.pairs}], "steps": args.steps, "stage_steps": args.steps,
              "advance_em": 1.01, "target_em": 1.01, "patience": None, "eval_every": args.eval_every,
@@ -43,10 +44,8 @@ def probe(args, seed: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(method_module, stage_task, build(TrainConfig, spec.train, "train"),
                           build(EvalConfig, spec.eval, "eval"), seed, "cpu", Path(tmp) / "m.jsonl", None,
-                          progress=False)
-        trainer.config.curriculum = []
-        trainer.stages = [{}]
-        trainer.finish_stage = lambda task: None   # no test evaluation: the curve is the probe
+                          progress=False, test_at_stage_end=False)   # the validation curve is the probe
+        trainer.stages = [{}]   # the stage task above already carries the probed pairs
         trainer.run()
         curve = [json.loads(line) for line in (Path(tmp) / "m.jsonl").read_text().splitlines()]
     batch = collate(stage_task.examples("valid", 64, seed=0), stage_task, 1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from harness.contract import Memory, Method
+from harness.contract import Memory, Method, _map_tensors
 from harness.data import Batch
 from harness.errors import ContractError
 
@@ -25,23 +25,13 @@ def write_then_read(method: Method, batch: Batch, write_steps: int | None = None
     return logits, memory
 
 
-def _tensors(state):
-    if isinstance(state, torch.Tensor):
-        yield state
-    elif isinstance(state, (list, tuple)):
-        for item in state:
-            yield from _tensors(item)
-    elif isinstance(state, dict):
-        for item in state.values():
-            yield from _tensors(item)
-
-
 def check_memory(method: Method, memory, contexts: int) -> None:
     """`write` returns a Memory whose state tensors are batch-first with one row per context."""
     name = getattr(method, "name", type(method).__name__)
     if not isinstance(memory, Memory):
         raise ContractError(f"method {name!r}: write must return a harness.contract.Memory, got {type(memory).__name__}")
-    shapes = [tuple(t.shape) for t in _tensors(memory.state)]
+    shapes = []
+    _map_tensors(memory.state, lambda t: shapes.append(tuple(t.shape)))
     if not shapes:
         raise ContractError(f"method {name!r}: Memory.state holds no tensor (batch-first tensors expected)")
     wrong = [s for s in shapes if not s or s[0] != contexts]

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # GPU check, for a lent GPU machine: the smoke suite on CUDA, one run at a time, then the step-cost
-# benchmark at the paper's KV shapes. Prints what it measured; about 5 minutes on one H100.
-# Stops at the first failed run or command (exit code non-zero), naming it.
+# benchmark at the paper's KV shapes, then the step costs of the capacity suite at gpu scale
+# (results/step_costs/cuda-<gpu>.json, copied to $OUT/step_costs/) and the dry run's estimate
+# from them. Prints what it measured; about 8 minutes on one H100.
+# Stops at the first failed run or command (exit code non-zero), naming it; a step shape that
+# fails to measure (e.g. out of memory) is recorded as skipped and the check goes on to the
+# estimate, then exits non-zero.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
@@ -35,4 +39,13 @@ frame = store.load(sys.argv[1])
 print(frame[["method", "method.write_steps", "eval_write_steps", "exact_match", "memory_floats", "train_seconds"]].to_string())
 PY
 python -m bench.step_cost --device cuda --pairs 16 32 --batch 32 --repeats 5 --out "$out/bench"
+echo "step-cost table: $(( $(date +%s) - start )) s"
+# seconds per training step of every step shape of capacity at gpu scale (12 settings x 4 stages,
+# 1 warm-up + 3 timed steps and one evaluation batch each), for the dry run's estimate
+status=0
+python -m bench.step_cost --suite capacity --scale gpu --device cuda --steps 3 --warmup 1 || status=$?
+mkdir -p "$out/step_costs"
+cp results/step_costs/cuda-*.json "$out/step_costs/"
+python run_all.py --suite capacity --scale gpu --dry-run --device cuda | tail -3
 echo "total: $(( $(date +%s) - start )) s"
+exit "$status"

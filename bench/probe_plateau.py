@@ -17,7 +17,9 @@ import torch
 import yaml
 
 from harness import registry
-from harness.config import TrainConfig, EvalConfig, build, expand_suite, resolve_section
+from harness.schema import EvalConfig, TrainConfig, resolve_section
+from harness.suite import expand_suite
+from harness.typed import build
 from harness.data import collate
 from harness.runner import build_run, seed_everything
 from harness.train import Trainer

@@ -14,6 +14,12 @@ a table.
 
     python -m bench.step_cost                       # 16 pairs, batch 32, CPU
     python -m bench.step_cost --pairs 16 32 --device cuda
+
+With `--suite NAME --scale SCALE` it instead records the seconds per training step of every step
+shape of a suite for the dry run's time estimate (bench/suite_cost.py has that mode and its
+options):
+
+    python -m bench.step_cost --suite capacity --scale gpu --device cuda
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ import multiprocessing as mp
 import platform
 import queue as queues
 import resource
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -56,7 +63,7 @@ def measure(label: str, pairs: int, batch_size: int, repeats: int, device: str, 
 
     from harness.allocator import retain_freed_memory
     from harness.backbone import build_backbone
-    from harness.config import build
+    from harness.typed import build
     from harness.data import collate
     from harness.pipeline import training_loss, write_then_read
     from harness.registry import get_method, get_task
@@ -173,6 +180,10 @@ def run_isolated(*args) -> dict:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(arg == "--suite" or arg.startswith("--suite=") for arg in argv):   # the suite mode
+        from bench.suite_cost import main as suite_main
+        return suite_main(argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, nargs="+", default=[16])
     parser.add_argument("--batch", type=int, default=32)

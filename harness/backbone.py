@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from harness.errors import HarnessError
+from harness.typed import build
 
 
 @dataclass
@@ -250,7 +251,6 @@ def _replace_rms_norms(module: nn.Module) -> None:
 def build_backbone(config: dict | BackboneConfig, vocab_size: int | None) -> Backbone:
     """A randomly initialised decoder built from a config, or a pretrained one (no network)."""
     if isinstance(config, dict):
-        from harness.config import build
         config = build(BackboneConfig, config, "backbone")
     if config.pretrained:
         model, tokenizer = load_pretrained(config)

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from harness import registry
-from harness.config import SCALES, expand_suite, load_suite
+from harness.schema import SCALES
+from harness.suite import expand_suite, load_suite
 from harness.errors import HarnessError
 
 log = logging.getLogger("harness")
@@ -22,7 +23,8 @@ def parse_args(argv):
     parser.add_argument("--scale", default="auto", help="smoke | cpu | gpu | paper | auto (gpu on a GPU, else cpu; never paper)")
     parser.add_argument("--methods", help="comma-separated method names to keep")
     parser.add_argument("--match", action="append", default=[],
-                        help="keep only runs whose label (as --dry-run prints it) contains this text; repeatable")
+                        help="keep only runs whose label or task (as --dry-run prints them, e.g. 'gradmem' or "
+                             "'qa=1,') contains this text; repeatable")
     parser.add_argument("--seeds", type=int, help="number of seeds (overrides the suite)")
     parser.add_argument("--data-dir", help="local dataset folder for tasks that read files (bAbI release, SQuAD v1.1)")
     parser.add_argument("--out", default="results", help="results directory (default: results)")
@@ -52,9 +54,13 @@ def print_registry() -> None:
         print(f"  {name:<14} {description[0] if description else ''}")
 
 
-def print_plan(specs, out: Path) -> None:
-    from harness import store
+def print_plan(specs, out: Path, device: str | None = None, suite: str | None = None) -> None:
+    """The runs, the training contexts left, and the estimated time from measured step costs
+    (harness.step_costs; `device` defaults to auto: cuda when available, else cpu)."""
+    from harness import step_costs, store
+    from harness.runner import resolve_device
     from harness.tune import grid_cells, tune_id, tune_path
+    plan = step_costs.plan(specs, out, device or resolve_device("auto"), suite)
     total, tunings = 0, {}
     for spec in specs:
         tune = spec.train.get("tune")
@@ -64,15 +70,28 @@ def print_plan(specs, out: Path) -> None:
         stages = spec.train["curriculum"] or [{}]
         cost = spec.train["steps"] * spec.train["batch_size"]
         total += 0 if done else cost
-        task = ",".join(f"{k}={v}" for k, v in spec.task.items() if v is not None and k != "name")
         curriculum = " -> ".join(",".join(f"{k}={v}" for k, v in stage.items()) for stage in stages if stage)
-        print(f"{spec.run_id}  {'done ' if done else 'todo '} {spec.label():<44} {spec.task['name']}({task})"
+        print(f"{spec.run_id}  {'done ' if done else 'todo '} {spec.label():<44} {spec.task_label()}"
               + (f" curriculum {curriculum}" if curriculum else "")
-              + f" steps<={spec.train['steps']} batch={spec.train['batch_size']}")
+              + f" steps<={spec.train['steps']} batch={spec.train['batch_size']}"
+              + f"  est {plan.notes.get(spec.run_id, 'unmeasured')}")
     print(f"{len(specs)} runs, {sum(not store.is_finished(out, s.suite, s.run_id) for s in specs)} to train, "
           f"at most {total:,} training contexts"
           + (f" + {sum(tunings.values()):,} for {len(tunings)} tunings (one per setting, shared by its seeds)"
              if tunings else ""))
+    for line in plan.lines:
+        print(line)
+
+
+def matching(items: list, patterns: list[str], text, what: str) -> list:
+    """The items whose text contains one of `patterns` (all of them when none is given); none is
+    a HarnessError naming `what` was searched."""
+    if not patterns:
+        return items
+    kept = [item for item in items if any(pattern in text(item) for pattern in patterns)]
+    if not kept:
+        raise HarnessError(f"no {what} matches {patterns}; see --dry-run for the labels")
+    return kept
 
 
 def main(argv=None) -> int:
@@ -97,17 +116,17 @@ def main(argv=None) -> int:
         if args.jobs < 1:
             raise HarnessError(f"--jobs = {args.jobs} must be >= 1")
         methods = [m for m in (args.methods or "").split(",") if m] or None
-        specs = expand_suite(args.suite, scale, methods, args.seeds, args.data_dir)
-        if args.match:
-            specs = [s for s in specs if any(text in s.label() for text in args.match)]
-            if not specs:
-                raise HarnessError(f"no run of suite {args.suite} at scale {scale} matches {args.match}; "
-                                   f"see --dry-run for the labels")
         out = Path(args.out)
         if out.exists() and not out.is_dir():
             raise HarnessError(f"--out {out} is a file, not a results directory")
+        from harness import latency
+        if latency.is_latency_suite(args.suite):   # timing only, no training: its own runner
+            return latency.main(args, scale, device, methods, out)
+        specs = expand_suite(args.suite, scale, methods, args.seeds, args.data_dir)
+        specs = matching(specs, args.match, lambda s: f"{s.label()} {s.task_label()}",
+                         f"run of suite {args.suite} at scale {scale}")
         if args.dry_run:
-            print_plan(specs, out)
+            print_plan(specs, out, device, args.suite)
             return 0
         cache = Path(args.cache) if args.cache else None
         kwargs = {"cache_dir": cache} if cache else {}

@@ -95,11 +95,17 @@ class Method(nn.Module, abc.ABC):
         context: one pass over [C; Q; Y]); None (the default) makes the pipeline write and read."""
         return None
 
+    @classmethod
+    def sequence_length(cls, method_spec: dict, context_len: int, read_len: int) -> int:
+        """Longest sequence (tokens + memory slots) the backbone sees for these task lengths;
+        checked against the backbone's max_positions before a run starts. Default: [C; Q; Y]."""
+        return context_len + read_len
+
     def eval_write_steps(self) -> list[int | None]:
         """Write-step settings evaluated after training; None = the method's own."""
         return [None]
 
-    def write_passes(self, write_steps: int | None = None) -> dict:
+    def write_compute(self, write_steps: int | None = None) -> dict:
         """Compute of one write, in backbone passes over the context."""
         return {"forward": 1, "backward": 0}
 

@@ -19,13 +19,13 @@ SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")
 class Codec:
     """A character- or word-level tokenizer over a fixed symbol list, built with `tokenizers`.
 
-    level: `char` (every character a token), `word` (whitespace-separated symbols) or `words`
-    (words and punctuation split apart, for natural text).
+    level: `char` (every character a token), `symbol` (whitespace-separated symbols such as
+    `K3 V7`) or `text` (natural text: words and punctuation split apart).
 
     Ids 0-3 are <pad>, <unk>, <bos>, <eos>; the symbols follow in the order given.
     """
 
-    def __init__(self, symbols: Sequence[str], level: Literal["char", "word", "words"] = "char"):
+    def __init__(self, symbols: Sequence[str], level: Literal["char", "symbol", "text"] = "char"):
         vocab = {token: i for i, token in enumerate([*SPECIALS, *symbols])}
         if len(vocab) != len(SPECIALS) + len(symbols):
             raise ValueError("duplicate symbols in codec")
@@ -33,8 +33,8 @@ class Codec:
         self.tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
         self.tokenizer.pre_tokenizer = {
             "char": pre_tokenizers.Split(Regex("."), behavior="isolated"),   # every character
-            "word": pre_tokenizers.WhitespaceSplit(),                        # space-separated symbols
-            "words": pre_tokenizers.Whitespace(),                            # words and punctuation
+            "symbol": pre_tokenizers.WhitespaceSplit(),                      # space-separated symbols
+            "text": pre_tokenizers.Whitespace(),                             # words and punctuation
         }[level]
         self.id_to_token = {i: t for t, i in vocab.items()}
         self.pad_id = vocab["<pad>"]

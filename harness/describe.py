@@ -1,6 +1,7 @@
 """Methods' self-descriptions (display label, write-compute axis) from a run's method spec, built
 from the method's config alone (no backbone), and the one-off migration that records them in
-summaries written before the runner did: `python -m harness.describe [RESULTS] [--refresh]`."""
+summaries written before the runner did (and renames their `write_passes` entry, the old name
+of `write_compute`): `python -m harness.describe [RESULTS] [--refresh]`."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +10,7 @@ import logging
 from pathlib import Path
 
 from harness import registry, store
-from harness.config import build
+from harness.typed import build
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +28,13 @@ def describe_summaries(results: Path | str = "results", refresh: bool = False) -
     changed = []
     for path in sorted(Path(results).glob("*/*/summary.json")):
         summary = json.loads(path.read_text())
-        if "describe" in summary and not refresh:
+        renamed = "write_passes" in summary
+        if renamed:
+            summary["write_compute"] = summary.pop("write_passes")
+        if "describe" in summary and not refresh and not renamed:
             continue
         description = describe_spec(summary["spec"]["method"])
-        if summary.get("describe") == description:
+        if summary.get("describe") == description and not renamed:
             continue
         summary["describe"] = description
         store.write_json(path, summary)

@@ -18,9 +18,15 @@ def exact_match(predictions: torch.Tensor, targets: torch.Tensor, score_mask: to
     return (correct.all(1) & score_mask.any(1)).float()
 
 
-def token_accuracy(predictions: torch.Tensor, targets: torch.Tensor, score_mask: torch.Tensor) -> float:
+def token_hits(predictions: torch.Tensor, targets: torch.Tensor, score_mask: torch.Tensor) -> tuple[int, int]:
+    """(right scored tokens, scored tokens)."""
     hits = (predictions == targets)[score_mask]
-    return hits.float().mean().item() if hits.numel() else 0.0
+    return int(hits.sum().item()), hits.numel()
+
+
+def token_accuracy(predictions: torch.Tensor, targets: torch.Tensor, score_mask: torch.Tensor) -> float:
+    right, total = token_hits(predictions, targets, score_mask)
+    return right / total if total else 0.0
 
 
 @torch.no_grad()
@@ -72,7 +78,7 @@ def evaluate(method: Method, task, examples: Sequence[Example], write_steps: Seq
     results = {}
     try:
         for steps in write_steps:
-            em, token_hits, token_total, gen_em, reads = 0.0, 0.0, 0, 0.0, 0
+            em, token_right, token_total, gen_em, reads = 0.0, 0.0, 0, 0.0, 0
             inner, write_time, read_time = [], 0.0, 0.0
             text_em, text_f1, text_count = 0.0, 0.0, 0
             for start in range(0, len(examples), batch_size):
@@ -87,9 +93,9 @@ def evaluate(method: Method, task, examples: Sequence[Example], write_steps: Seq
                     write_time += t1 - t0
                 predictions = logits.argmax(-1)
                 em += exact_match(predictions, batch.read_ids, batch.score_mask).sum().item()
-                hits = (predictions == batch.read_ids)[batch.score_mask]
-                token_hits += hits.float().sum().item()
-                token_total += hits.numel()
+                right, scored = token_hits(predictions, batch.read_ids, batch.score_mask)
+                token_right += right
+                token_total += scored
                 if generate:
                     generated = greedy_generate(method, per_query, batch)
                     gen_em += exact_match(generated, batch.read_ids, batch.score_mask).sum().item()
@@ -109,7 +115,7 @@ def evaluate(method: Method, task, examples: Sequence[Example], write_steps: Seq
             key = "default" if steps is None else str(steps)
             results[key] = {
                 "exact_match": em / reads,
-                "token_accuracy": token_hits / max(token_total, 1),
+                "token_accuracy": token_right / max(token_total, 1),
                 "reads": reads,
                 "contexts": len(examples),
                 "memory_floats": memory.floats,

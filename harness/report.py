@@ -154,7 +154,8 @@ def table1_markdown(frame: pd.DataFrame, scale: str) -> str:
     wide = _wide(table, "task.pairs", lambda c: f"{int(c)} pairs")
     wide.insert(0, "memory floats", table.groupby("label")["memory_floats"].max().map(lambda v: f"{int(v):,}"))
     wide.insert(1, "seeds", table.groupby("label")["seeds"].max())
-    return wide.reset_index().rename(columns={"label": "method"}).to_markdown(index=False) + "\n" + _notes(table)
+    return wide.reset_index().rename(columns={"label": "method"}).to_markdown(index=False, disable_numparse=True) \
+        + "\n" + _notes(table)
 
 
 PAPER_METHODS = {"gradmem_first_order": {"name": "gradmem", "order": "first"}}
@@ -215,6 +216,38 @@ def paper_table2_markdown() -> str:
     paper["cell"] = [f"{m:.1f} ± {s:.1f}" for m, s in zip(paper.value_mean, paper.value_std)]
     wide = paper.pivot(index="label", columns="task", values="cell").fillna("")
     return wide.reset_index().rename(columns={"label": "method"}).to_markdown(index=False) + "\n"
+
+
+def steps_markdown(frame: pd.DataFrame, scale: str) -> str:
+    """Exact match (%) of the `steps` suite per (pairs, trained setting) row and write-axis value
+    at evaluation (same weights): mean ± 95% interval over seeds, the trained value in bold."""
+    subset = frame[(frame["suite"] == "steps") & (frame["scale"] == scale)] if not frame.empty else frame
+    if subset.empty or "axis_value" not in subset or subset["axis_value"].isna().all():
+        return f"_no steps results at scale {scale}_\n"
+    subset = subset.dropna(subset=["axis_value"])
+    subset = subset.assign(label=[f"{int(p)} pairs, {l}" for p, l in zip(subset["task.pairs"], labels(subset))])
+    table = summarise(subset, ["label", "axis_trained", "axis_value"])
+    trained = dict(zip(table["label"], table["axis_trained"]))
+    wide = _wide(table, "axis_value", lambda v: v)
+    for label in wide.index:
+        if trained.get(label) in wide.columns and wide.loc[label, trained[label]]:
+            wide.loc[label, trained[label]] = f"**{wide.loc[label, trained[label]]}**"
+    axis = subset["axis"].dropna().iloc[0] if subset["axis"].notna().any() else "write setting"
+    wide.columns = [f"{axis}={int(v) if float(v).is_integer() else v}" for v in wide.columns]
+    return (wide.reset_index().rename(columns={"label": "trained"}).to_markdown(index=False, disable_numparse=True)
+            + "\n\nBold: the value used in training. " + INTERVAL_NOTE + "\n")
+
+
+def paper_fig4a_markdown() -> str:
+    """The paper's Figure 4(a) (results/reference/paper_fig4a_steps.csv) as a table: exact match
+    (%) per (pairs, K in training) and K at evaluation; 'best 0-n' = best over K_eval in 0..n."""
+    paper = pd.read_csv(REFERENCE / "paper_fig4a_steps.csv", comment="#", dtype={"k_eval": str})
+    paper["trained"] = [f"{p} pairs, gradmem K={k}" for p, k in zip(paper.pairs, paper.k_train)]
+    paper["column"] = [f"K={k}" if k.isdigit() else k.replace("best_0_", "best 0-") for k in paper.k_eval]
+    wide = paper.pivot(index="trained", columns="column", values="em")
+    order = sorted(wide.columns, key=lambda c: (not c.startswith("K="), int(c.split("=")[1]) if c.startswith("K=")
+                                                else int(c.split("-")[1])))
+    return wide[order].reset_index().to_markdown(index=False, floatfmt=".1f") + "\n"
 
 
 def _setting(values: dict, keys) -> str:

@@ -16,7 +16,8 @@ import torch
 from harness import registry, store
 from harness.allocator import retain_freed_memory
 from harness.backbone import build_backbone
-from harness.config import EvalConfig, RunSpec, TrainConfig, build
+from harness.schema import EvalConfig, RunSpec, TrainConfig
+from harness.typed import build
 from harness.data import PretrainedCodec
 from harness.errors import ContractError, HarnessError
 from harness.train import Trainer
@@ -112,7 +113,7 @@ def execute_run(spec: RunSpec, out: Path, device: str = "cpu", cache_dir: Path =
     if result["stages"]:
         floats = next(iter(result["stages"][-1]["eval"].values()))["memory_floats"]
     summary = {"run_id": spec.run_id, "label": spec.label(), **result,
-               "memory_floats": floats, "write_passes": method.write_passes(),
+               "memory_floats": floats, "write_compute": method.write_compute(),
                "parameters": sum(p.numel() for p in method.parameters()),
                "wall_seconds": time.time() - started, "device": device, "versions": versions(),
                "spec": spec.to_dict(), "tuning": tuning,
@@ -192,7 +193,7 @@ def run_specs(specs: list[RunSpec], out: Path, device: str = "cpu", jobs: int = 
             outcomes.append(outcome)
         return outcomes
     from joblib import Parallel, delayed
-    threads = max(1, (os.cpu_count() or 1) // max(jobs, 1)) if backend == "loky" else 1
+    threads = max(1, len(os.sched_getaffinity(0)) // max(jobs, 1)) if backend == "loky" else 1
     tasks = [delayed(_run_in_worker)(s.to_dict(), str(out), device, str(cache_dir), plugins, threads, False)
              for s in pending]
     with _backend(backend, jobs, scheduler) as n_jobs:

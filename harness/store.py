@@ -113,7 +113,7 @@ def summary_rows(summary: dict) -> list[dict]:
         collapsed = bool(stage.get("collapsed", stage["stage"] in collapsed_stages))
         for steps, metrics in stage["eval"].items():
             row = {**base, **_flatten("task", stage["task"]), "stage": stage["stage"],
-                   "stage_steps": stage["steps"], "best_valid_em": stage["best_valid_em"],
+                   "steps_taken": stage["steps"], "best_valid_em": stage["best_valid_em"],
                    "eval_write_steps": steps, "collapsed": collapsed,
                    "axis_value": _axis_value(steps, axis.get("trained")) if axis else None}
             row.update({k: v for k, v in metrics.items() if not isinstance(v, (list, dict))})
@@ -128,10 +128,14 @@ def summary_rows(summary: dict) -> list[dict]:
 
 
 def load(results: Path | str = "results") -> pd.DataFrame:
-    """Every summary under `results` as one DataFrame (one row per stage and write-step setting)."""
+    """Every training run's summary under `results` as one DataFrame (one row per stage and
+    write-step setting). Summaries with a `kind` (latency cells, `harness.latency`) are not
+    training runs and are left out."""
     rows = []
     for path in sorted(Path(results).glob("*/*/summary.json")):
-        rows.extend(summary_rows(json.loads(path.read_text())))
+        summary = json.loads(path.read_text())
+        if "kind" not in summary:
+            rows.extend(summary_rows(summary))
     return pd.DataFrame(rows)
 
 
@@ -139,11 +143,13 @@ def reindex(results: Path | str = "results", cache: Path | str | None = None) ->
     """Re-derive every run's id from its config.yaml with the current code (new options get their
     defaults) and rename its folder and checkpoints; a finished run wins over an unfinished one
     with the same id. Returns the (old, new) ids that changed."""
-    from harness.config import SECTIONS, RunSpec, resolve_section
+    from harness.schema import RunSpec, SECTIONS, resolve_section
     changed = []
     for config in sorted(Path(results).glob("*/*/config.yaml")):
         folder = config.parent
         data = yaml.safe_load(config.read_text())
+        if "kind" in data:   # a latency cell: its id hashes the cell itself
+            continue
         spec = RunSpec(**{**data, **{s: resolve_section(s, data[s], s) for s in SECTIONS}})
         if spec.run_id == folder.name:
             continue

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from harness import store
-from harness.config import EvalConfig, TrainConfig
+from harness.schema import EvalConfig, TrainConfig
 from harness.data import collate
 from harness.evaluate import evaluate
 from harness.pipeline import training_loss

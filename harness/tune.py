@@ -20,7 +20,8 @@ from pathlib import Path
 from filelock import FileLock
 
 from harness import store
-from harness.config import EvalConfig, RunSpec, TrainConfig, build
+from harness.schema import EvalConfig, RunSpec, TrainConfig
+from harness.typed import build
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.config import non_negative
+from harness.typed import non_negative
 from harness.contract import Memory, Method
 from harness.errors import HarnessError
 from harness.pipeline import at_least_fp32
@@ -68,6 +68,13 @@ def write_slot_sequence(memory_inputs: torch.Tensor, context_embeddings: torch.T
 
 class PrefixMemoryMethod(Method):
     """A method whose memory is m vectors of the backbone's embedding width, read as a prefix."""
+    write_copies = 1   # copies of the memory in the write sequence: [M; C] (GradMem), [M; C; M] (RMT, ARMT)
+
+    @classmethod
+    def sequence_length(cls, method_spec: dict, context_len: int, read_len: int) -> int:
+        """The longer of the write sequence (memory copies + context) and the read [M; Q; Y]."""
+        m = method_spec.get("memory_size", cls.Config.memory_size)
+        return max(cls.write_copies * m + context_len, m + read_len)
 
     def __init__(self, config, backbone):
         super().__init__(config, backbone)

@@ -126,6 +126,7 @@ class ARMT(PrefixMemoryMethod):
                "(DPFP keys, delta rule, gamma-corrected normaliser), read at each layer's input "
                "(layers*F*(d+1) floats)")
     Config = ARMTConfig
+    write_copies = 2   # [M; C; M]
 
     def __init__(self, config: ARMTConfig, backbone):
         super().__init__(config, backbone)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from harness.config import non_negative, positive
+from harness.typed import non_negative, positive
 from harness.contract import Memory
 from harness.errors import HarnessError
 from harness.pipeline import at_least_fp32
@@ -144,7 +144,7 @@ class GradMem(PrefixMemoryMethod):
     def eval_write_steps(self):
         return [self.config.write_steps]
 
-    def write_passes(self, write_steps=None):
+    def write_compute(self, write_steps=None):
         steps = self.config.write_steps if write_steps is None else write_steps
         return {"forward": steps, "backward": steps}
 

@@ -34,5 +34,5 @@ class QueryOnly(Method):
         hidden, _ = self.backbone.hidden(torch.cat([start, self.backbone.embed(read_ids)], 1))
         return self.backbone.lm_head(hidden[:, :read_ids.shape[1]])
 
-    def write_passes(self, write_steps=None):
+    def write_compute(self, write_steps=None):
         return {"forward": 0, "backward": 0}

@@ -40,6 +40,7 @@ class RMT(PrefixMemoryMethod):
     name = "rmt"
     summary = "m memory vectors written by forward passes over [M; C; M] (m*d floats); write_passes = RMT xK"
     Config = RMTConfig
+    write_copies = 2   # [M; C; M]
 
     def write_pass(self, memory: torch.Tensor, context_ids: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
         inputs, slots = write_slot_sequence(self.memory_embeddings(memory), self.backbone.embed(context_ids),
@@ -63,7 +64,7 @@ class RMT(PrefixMemoryMethod):
     def eval_write_steps(self):
         return [self.config.write_passes]
 
-    def write_passes(self, write_steps=None):
+    def write_compute(self, write_steps=None):
         return {"forward": self.config.write_passes if write_steps is None else write_steps, "backward": 0}
 
     @classmethod

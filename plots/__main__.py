@@ -6,8 +6,8 @@ import logging
 from pathlib import Path
 
 from harness import store
-from harness.report import (paper_table1_markdown, paper_table2_markdown, table1_markdown, table2_markdown,
-                            tuning_markdown)
+from harness.report import (paper_fig4a_markdown, paper_table1_markdown, paper_table2_markdown, steps_markdown,
+                            table1_markdown, table2_markdown, tuning_markdown)
 from plots.figures import FIGURES
 
 
@@ -39,6 +39,12 @@ def main(argv=None) -> int:
     nlp += ["\n## The paper (arXiv 2603.13875), Table 2 (pretrained backbones, bAbI release data; mean ± std)\n\n",
             paper_table2_markdown()]
     (out / "table2_nlp.md").write_text("".join(nlp))
+    steps = ["# Figure 4a as a table: exact match (%) with more write steps at evaluation, same weights\n"]
+    for scale in scales:
+        steps += [f"\n## This harness, {scale} scale (`steps` suite)\n\n", steps_markdown(frame, scale)]
+    steps += ["\n## The paper (arXiv 2603.13875), Figure 4(a) (N{n}-K2V2-V62, 4 x 128, 8 memory vectors; read off "
+              "the figure)\n\n", paper_fig4a_markdown()]
+    (out / "steps_kv.md").write_text("".join(steps))
     if not frame.empty and "tuning" in frame:
         tuned = frame[frame["tuning"].notna()]
         for suite, scale in sorted(set(zip(tuned["suite"], tuned["scale"]))):
@@ -46,6 +52,8 @@ def main(argv=None) -> int:
             path.write_text(f"# Tuning grid, {suite} suite, {scale} scale: validation exact match (%)\n\n"
                             + tuning_markdown(frame, suite, scale))
             logging.info("wrote %s", path)
+    from plots.latency import make_all as latency_figures   # latency suites: their own cells and R
+    made += [path for path in latency_figures(args.results, out) if path.suffix == ".png"]
     logging.info("wrote %d figures and %s", len(made), out / "table1_kv.md")
     return 0
 

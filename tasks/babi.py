@@ -270,9 +270,9 @@ class Babi(Task):
         else:
             texts = [" ".join([*ACTORS, *GIVERS, *LOCATIONS, *OBJECTS, *MOVE, *GET, *DROP, *GIVE, *DIRECTIONS,
                                "the there to of is was before Where Who What did give received . ? The"])]
-        probe = Codec([], level="words").tokenizer.pre_tokenizer
+        probe = Codec([], level="text").tokenizer.pre_tokenizer
         words = sorted({w for text in texts for w, _ in probe.pre_tokenize_str(text)})
-        return Codec(words, level="words")
+        return Codec(words, level="text")
 
     def examples(self, split: str, count: int, seed: int) -> list[Example]:
         if split not in ("train", "valid", "test"):

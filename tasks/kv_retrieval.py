@@ -82,7 +82,7 @@ class KVRetrieval(Task):
     def tokenizer(self) -> Codec:
         if self.config.format == "paper":
             return Codec(list(PAPER_ALPHABET[:self.config.alphabet]) + list(PUNCTUATION), level="char")
-        return Codec(self.key_symbols + self.value_symbols, level="word")
+        return Codec(self.key_symbols + self.value_symbols, level="symbol")
 
     def _render(self, pairs: list[tuple[tuple[str, ...], tuple[str, ...]]], order: list[int]) -> Example:
         if self.config.format == "paper":

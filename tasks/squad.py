@@ -163,11 +163,11 @@ class Squad(Task):
 
     @cached_property
     def tokenizer(self) -> Codec:
-        probe = Codec([], level="words").tokenizer.pre_tokenizer
+        probe = Codec([], level="text").tokenizer.pre_tokenizer
         counts = collections.Counter(
             w for e in self._splits["train"] for text in (e.context, e.queries[0].text, e.queries[0].target)
             for w, _ in probe.pre_tokenize_str(text))
-        return Codec(sorted(w for w, _ in counts.most_common(self.config.vocabulary)), level="words")
+        return Codec(sorted(w for w, _ in counts.most_common(self.config.vocabulary)), level="text")
 
     def examples(self, split: str, count: int, seed: int) -> list[Example]:
         if split not in self._splits:

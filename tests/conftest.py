@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from harness.backbone import build_backbone
-from harness.config import build
+from harness.typed import build
 from harness.registry import discover, get_method, get_task
 
 torch.set_num_threads(2)

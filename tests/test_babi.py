@@ -11,7 +11,7 @@ import pytest
 from harness.errors import HarnessError
 from tasks.babi import read_babi_file
 from tests.conftest import make_method
-from harness.config import build
+from harness.typed import build
 from harness.registry import get_task
 
 FIXTURES = Path(__file__).parent / "fixtures" / "babi"

@@ -53,6 +53,7 @@ BAD_INPUTS = {
     "wrong type": lambda p: ["--suite", write_suite(p, modified(TINY, "train", steps="many"))],
     "more pairs than keys": lambda p: ["--suite", write_suite(p, modified(TINY, "task", pairs=7))],
     "sequence too long": lambda p: ["--suite", write_suite(p, modified(TINY, "backbone", max_positions=4))],
+    "memory slots past max_positions": lambda p: ["--suite", write_suite(p, {**TINY, "runs": [{"method": {"name": "rmt", "memory_size": 31}}]})],
     "negative steps": lambda p: ["--suite", write_suite(p, {**TINY, "runs": [{"method": {"name": "gradmem", "write_steps": -1}}]})],
     "negative train steps": lambda p: ["--suite", write_suite(p, modified(TINY, "train", steps=-5))],
     "bad plugin": lambda p: ["--plugin", "no.such.module", "--list"],
@@ -102,6 +103,10 @@ def test_match_keeps_runs_by_label_and_seeds_add_runs(tmp_path, capsys):
                 "--match", "query_only("], tmp_path) == 0
     out = capsys.readouterr().out
     assert "4 runs" in out and "gradmem" not in out and "seed=1" in out
+    swept = {**TINY, "sweep": {"task.pairs": [2, 3]}}   # --match also selects by task settings
+    assert run(["--suite", write_suite(tmp_path, swept), "--dry-run", "--match", "pairs=3,"], tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "3 runs" in out and "pairs=2," not in out
 
 
 def test_list_and_plugin(tmp_path, capsys, monkeypatch):
@@ -206,7 +211,7 @@ def test_nan_loss_marks_the_run_diverged_and_the_sweep_goes_on(tmp_path, monkeyp
 
 def test_run_ids_ignore_defaults_and_survive_new_options(tmp_path):
     from harness import store
-    from harness.config import expand_suite
+    from harness.suite import expand_suite
     explicit = modified(TINY, "train", weight_decay=0.01, schedule="constant")  # the defaults, spelled out
     ids = [s.run_id for s in expand_suite(write_suite(tmp_path), "cpu")]
     assert ids == [s.run_id for s in expand_suite(write_suite(tmp_path, explicit, "tiny2"), "cpu")]

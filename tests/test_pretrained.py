@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from harness.backbone import build_backbone
-from harness.config import build
+from harness.typed import build
 from harness.data import PretrainedCodec, collate
 from harness.errors import HarnessError
 from harness.pipeline import target_loss, write_then_read

@@ -11,8 +11,9 @@ from harness import registry, store
 from harness.cli import main
 from harness.contract import Memory, Method
 from harness.describe import describe_spec, describe_summaries
-from harness.report import (COLLAPSE_NOTE, capacity, paper_table1, table1_markdown, table2_markdown,
-                            tuning_markdown)
+from harness.errors import HarnessError
+from harness.report import (COLLAPSE_NOTE, capacity, paper_fig4a_markdown, paper_table1, steps_markdown,
+                            table1_markdown, table2_markdown, tuning_markdown)
 from plots.__main__ import main as plots_main
 from tests.test_cli import TINY
 
@@ -141,9 +142,13 @@ def test_a_new_method_with_its_own_axis_shows_up_with_its_own_label(tmp_path, lo
 def test_migration_describes_old_summaries_without_a_backbone(tmp_path, loopmem):
     write_summary(tmp_path, {"name": "gradmem", "write_steps": 2, "order": "first"}, 0, [(2, {"2": 0.5}, False)],
                   describe=False)
-    write_summary(tmp_path, {"name": "loopmem", "loops": 5}, 0, [(2, {"5": 0.5}, False)], describe=False)
+    old = write_summary(tmp_path, {"name": "loopmem", "loops": 5}, 0, [(2, {"5": 0.5}, False)], describe=False)
+    old["write_passes"] = {"forward": 5, "backward": 0}   # the old name of write_compute
+    store.write_json(tmp_path / "capacity" / old["run_id"] / "summary.json", old)
     assert set(store.load(tmp_path)["label"]) == {"gradmem", "loopmem"}   # undescribed: the name, no axis
     assert len(describe_summaries(tmp_path)) == 2 and describe_summaries(tmp_path) == []
+    migrated = json.loads((tmp_path / "capacity" / old["run_id"] / "summary.json").read_text())
+    assert migrated["write_compute"] == {"forward": 5, "backward": 0} and "write_passes" not in migrated
     frame = store.load(tmp_path)
     assert set(frame["label"]) == {"gradmem 1st-order K=2", "looped memory L=5"}
     assert set(frame["axis"]) == {"write steps", "loops"}
@@ -199,3 +204,28 @@ def test_figures_and_tables_come_from_results_only(tmp_path):
     table = (out / "table1_kv.md").read_text()
     assert "gradmem K=1" in table and "full_context" in table and "3 pairs" in table
     assert "The paper" in table and "99.1 ± 0.3" in table
+
+
+def test_steps_table_bolds_the_trained_value_and_the_paper_figure_4a_is_a_table(tmp_path):
+    for seed, ems in enumerate([(0.5, 0.9, 0.95), (0.7, 0.9, 0.97)]):
+        write_summary(tmp_path, {"name": "gradmem", "write_steps": 2}, seed,
+                      [(4, dict(zip(["1", "2", "5"], ems)), False)], suite="steps")
+    markdown = steps_markdown(store.load(tmp_path), "cpu")
+    assert "| 4 pairs, gradmem K=2 |" in markdown and "**90.0 ± 0.0**" in markdown and "60.0 ± 127.1" in markdown
+    assert "write steps=5" in markdown and "96.0 ± 12.7" in markdown
+    paper = paper_fig4a_markdown()
+    assert "| 96 pairs, gradmem K=5 |" in paper and "88.4" in paper and "best 0-30" in paper
+
+
+def test_readme_blocks_are_rebuilt_from_results_and_the_rest_is_kept(tmp_path):
+    from plots.readme import refresh
+    write_summary(tmp_path, {"name": "full_context"}, 0, [(2, {"default": 0.5}, False)])
+    text = ("# Title\nhand-written\n<!-- generated: table1 cpu -->\nstale table\n<!-- end generated -->\n"
+            "after\n<!-- generated: table2 cpu -->\n<!-- end generated -->\n")
+    out = refresh(text, store.load(tmp_path))
+    assert out.startswith("# Title\nhand-written\n<!-- generated: table1 cpu -->\n| method")
+    assert "stale table" not in out and "| full_context" in out and "50.0" in out
+    assert "\nafter\n" in out and "_no bAbI / SQuAD results at scale cpu_" in out
+    assert refresh(out, store.load(tmp_path)) == out   # idempotent
+    with pytest.raises(HarnessError, match="unknown generated block 'table9'"):
+        refresh("<!-- generated: table9 cpu -->\n<!-- end generated -->\n", store.load(tmp_path))

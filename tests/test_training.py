@@ -1,13 +1,12 @@
 """The outer loop's rules: stages end by patience, collapse is detected and reported, tuning picks
 the best cell and is cached."""
 import json
-from pathlib import Path
 
 import pytest
-import torch
 
 from harness import store, tune
-from harness.config import EvalConfig, RunSpec, TrainConfig, build, resolve_section, SECTIONS
+from harness.schema import EvalConfig, RunSpec, SECTIONS, TrainConfig, resolve_section
+from harness.typed import build
 from harness.errors import HarnessError
 from harness.train import Trainer
 from tests.conftest import make_method, make_task

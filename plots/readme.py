@@ -1,0 +1,65 @@
+"""Refresh the README's generated tables from results/ alone: `python -m plots.readme [README.md]`.
+
+A generated block is the text between a line `<!-- generated: NAME ARGS -->` and the next line
+`<!-- end generated -->`; NAME is one of BLOCKS and ARGS its arguments, e.g.
+`<!-- generated: table1 cpu -->` (capacity table, cpu scale) or
+`<!-- generated: tuning capacity cpu -->`. Everything outside the blocks is left as written.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from harness import store
+from harness.errors import HarnessError
+from harness.report import steps_markdown, table1_markdown, table2_markdown, tuning_markdown
+
+BLOCKS = {
+    "table1": (table1_markdown, "SCALE"),           # capacity: exact match per method and pairs
+    "table2": (table2_markdown, "SCALE"),           # bAbI / SQuAD
+    "steps": (steps_markdown, "SCALE"),             # write steps at evaluation
+    "tuning": (tuning_markdown, "SUITE SCALE"),     # tuning grid of a suite
+}
+BLOCK = re.compile(r"^<!-- generated: (?P<spec>[^>]*?) -->\n(?P<body>.*?)^<!-- end generated -->$",
+                   re.MULTILINE | re.DOTALL)
+
+
+def render(spec: str, frame: pd.DataFrame) -> str:
+    """The Markdown of one block, e.g. spec 'table1 cpu'."""
+    name, *args = spec.split()
+    if name not in BLOCKS:
+        raise HarnessError(f"unknown generated block {name!r}; valid: {', '.join(BLOCKS)}")
+    function, usage = BLOCKS[name]
+    if len(args) != len(usage.split()):
+        raise HarnessError(f"generated block {spec!r} needs arguments {usage}")
+    return function(frame, *args)
+
+
+def refresh(text: str, frame: pd.DataFrame) -> str:
+    """`text` with every generated block rebuilt from `frame`."""
+    def replace(match: re.Match) -> str:
+        body = render(match["spec"], frame).rstrip("\n")
+        return f"<!-- generated: {match['spec']} -->\n{body}\n<!-- end generated -->"
+    return BLOCK.sub(replace, text)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m plots.readme", description=__doc__)
+    parser.add_argument("readme", nargs="?", default="README.md")
+    parser.add_argument("--results", default="results")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    path = Path(args.readme)
+    text = path.read_text()
+    blocks = len(BLOCK.findall(text))
+    path.write_text(refresh(text, store.load(args.results)))
+    logging.info("refreshed %d generated blocks in %s", blocks, path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -5,6 +5,8 @@ stage with method / train overrides, and prints the validation exact match every
 the written memory's RMS against the token embeddings', and one JSON line per run.
 
     python -m bench.probe_plateau --method rmt --set memory_source=residual --seeds 0 1 2
+    python -m bench.probe_plateau --method rmt --set reconstruction_weight=1.0 --pairs 4 \
+        --backbone layers=4 hidden=128 ffn=512   # the paper's backbone shape
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ def probe(args, seed: int) -> dict:
     base = {**spec.method, "reconstruction_weight": 0.0} if "reconstruction_weight" in spec.method else spec.method
     method = {**base, **dict(args.method_set)}   # the plain method unless --set asks for the loss
     spec.method = resolve_section("method", method, "probe method")
+    spec.backbone = resolve_section("backbone", {**spec.backbone, **dict(args.backbone_set)}, "probe backbone")
     train = {**spec.train, "curriculum": [{"pairs": args.pairs}], "steps": args.steps, "stage_steps": args.steps,
              "advance_em": 1.01, "target_em": 1.01, "patience": None, "eval_every": args.eval_every,
              **dict(args.train_set)}
@@ -57,6 +60,7 @@ def probe(args, seed: int) -> dict:
         state = memory.state if isinstance(memory.state, torch.Tensor) else None
         emb_rms = method_module.backbone.embed(batch.context_ids).pow(2).mean().sqrt().item()
     return {"method": spec.method, "train": {k: spec.train[k] for k in ("lr", "warmup_steps")},
+            "backbone": {k: spec.backbone[k] for k in ("layers", "hidden", "heads", "ffn")},
             "pairs": args.pairs, "seed": seed,
             "valid_em": [round(r["valid_em"], 3) for r in curve], "loss": [round(r["loss"], 3) for r in curve],
             "best_em": max(r["valid_em"] for r in curve),
@@ -71,6 +75,7 @@ def main(argv=None):
     parser.add_argument("--method", default="rmt")
     parser.add_argument("--set", dest="method_set", nargs="*", default=[], type=lambda t: (t.split("=")[0], parse_value(t.split("=", 1)[1])))
     parser.add_argument("--train", dest="train_set", nargs="*", default=[], type=lambda t: (t.split("=")[0], parse_value(t.split("=", 1)[1])))
+    parser.add_argument("--backbone", dest="backbone_set", nargs="*", default=[], type=lambda t: (t.split("=")[0], parse_value(t.split("=", 1)[1])))
     parser.add_argument("--pairs", type=int, default=2)
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--eval-every", type=int, default=100)

@@ -113,7 +113,7 @@ class LatencySpec:
     grids: list[dict]                  # Grid entries
     query_tokens: int = 24             # the paper's query length
     target_tokens: int = 4             # tokens READ decodes greedily
-    reference: str | None = "full_context"   # break-even is measured against this method
+    reference: str | None = None   # break-even is measured against this method (e.g. full_context)
     method: dict = field(default_factory=dict)    # options shared by every method that has them
     methods: dict = field(default_factory=dict)   # per method name: its options
     axis_values: dict = field(default_factory=dict)   # write-axis config field -> values to time

@@ -167,6 +167,14 @@ def test_table2_gives_intervals_seeds_and_collapse_marks(tmp_path):
     assert "95.0 ± 12.4 †(1 of 3)" in markdown and "| 3 " in markdown and COLLAPSE_NOTE in markdown
 
 
+def test_table2_scores_a_curriculum_run_on_its_last_stage_only(tmp_path):
+    # stages on 2 then 8 statements: the easier first stage is not a second score of the task
+    write_summary(tmp_path, {"name": "full_context"}, 0, [(2, {"default": 1.0}, False), (8, {"default": 0.6}, False)],
+                  suite="babi")
+    markdown = table2_markdown(store.load(tmp_path).assign(**{"task.qa": 1}), "cpu")
+    assert "| 60.0 " in markdown and "80.0" not in markdown and "±" not in markdown.split("\n")[2]
+
+
 def test_tuning_table_lists_every_grid_cell_and_the_choice(tmp_path):
     grid = {"lr": [3e-4, 1e-3], "warmup_steps": [100, 1000]}
     cells = [{"lr": lr, "warmup_steps": w, "valid_em": em}

@@ -36,7 +36,7 @@ python - "$out/results" <<'PY'
 import sys
 from harness import store
 frame = store.load(sys.argv[1])
-print(frame[["method", "method.write_steps", "eval_write_steps", "exact_match", "memory_floats", "train_seconds"]].to_string())
+print(frame[["method", "method.write_steps", "eval_write_setting", "exact_match", "memory_floats", "train_seconds"]].to_string())
 PY
 python -m bench.step_cost --device cuda --pairs 16 32 --batch 32 --repeats 5 --out "$out/bench"
 echo "step-cost table: $(( $(date +%s) - start )) s"

@@ -98,12 +98,12 @@ def measure_key(spec, stage: int, device: str, steps: int, warmup: int, max_seco
             entry["valid_seconds_per_context"] = _timed(device, lambda: evaluate(
                 method, stage_task, valid, [None], eval_config.batch_size, 1, False, device)) / len(valid)
             test = stage_task.examples("test", min(eval_config.examples, eval_config.batch_size), seed=0)
-            write_steps = eval_config.write_steps or method.eval_write_steps()
+            write_settings = eval_config.write_settings or method.eval_write_settings()
             entry["test_seconds_per_context"] = _timed(device, lambda: evaluate(
-                method, stage_task, test, write_steps, eval_config.batch_size, eval_config.queries_per_context,
+                method, stage_task, test, write_settings, eval_config.batch_size, eval_config.queries_per_context,
                 eval_config.generate, device)) / len(test)
             entry["eval_batches"] = {"valid_contexts": len(valid), "test_contexts": len(test),
-                                     "test_write_steps": list(write_steps), "generate": eval_config.generate}
+                                     "test_write_settings": list(write_settings), "generate": eval_config.generate}
     return entry
 
 

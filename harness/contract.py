@@ -80,8 +80,12 @@ class Method(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def write(self, context_ids: torch.Tensor, context_mask: torch.Tensor,
-              write_steps: int | None = None) -> Memory:
-        """Write a right-padded batch of contexts (B, Lc) into memory."""
+              write_setting: int | None = None) -> Memory:
+        """Write a right-padded batch of contexts (B, Lc) into memory.
+
+        `write_setting`: the value of the method's write axis (`write_axis`) to use instead of its
+        trained one (GradMem: K, RMT: passes); None = its own. The pipeline passes it positionally.
+        """
 
     @abc.abstractmethod
     def read(self, memory: Memory, read_ids: torch.Tensor, read_mask: torch.Tensor) -> torch.Tensor:
@@ -101,12 +105,14 @@ class Method(nn.Module, abc.ABC):
         checked against the backbone's max_positions before a run starts. Default: [C; Q; Y]."""
         return context_len + read_len
 
-    def eval_write_steps(self) -> list[int | None]:
-        """Write-step settings evaluated after training; None = the method's own."""
+    def eval_write_settings(self) -> list[int | None]:
+        """Write-axis values evaluated after training (unless the eval config lists its own);
+        None = the method's own."""
         return [None]
 
-    def write_compute(self, write_steps: int | None = None) -> dict:
-        """Compute of one write, in backbone passes over the context."""
+    def write_compute(self, write_setting: int | None = None) -> dict:
+        """Compute of one write at this write-axis value (None = the method's own), in backbone
+        passes over the context."""
         return {"forward": 1, "backward": 0}
 
     # Self-description, read by reports and figures from each run's summary (summary["describe"]).

@@ -1,5 +1,5 @@
 """Metrics: teacher-forced exact match and token accuracy, greedy-generation exact match,
-evaluated for one or more write-step settings on the same weights."""
+evaluated at one or more values of the method's write axis (write settings) on the same weights."""
 from __future__ import annotations
 
 import time
@@ -69,15 +69,16 @@ def _merge_role_losses(parts: list[dict]) -> dict:
     return out
 
 
-def evaluate(method: Method, task, examples: Sequence[Example], write_steps: Sequence[int | None] = (None,),
+def evaluate(method: Method, task, examples: Sequence[Example], write_settings: Sequence[int | None] = (None,),
              batch_size: int = 128, queries_per_context: int | str = 1, generate: bool = False,
              device: str | torch.device = "cpu") -> dict:
-    """Metrics per write-step setting: {str(k): {...}} (k = 'default' for None)."""
+    """Metrics per write-axis value in `write_settings`: {str(value): {...}} ('default' for None,
+    the method's trained setting)."""
     was_training = method.training
     method.eval()
     results = {}
     try:
-        for steps in write_steps:
+        for setting in write_settings:
             em, token_right, token_total, gen_em, reads = 0.0, 0.0, 0, 0.0, 0
             inner, write_time, read_time = [], 0.0, 0.0
             text_em, text_f1, text_count = 0.0, 0.0, 0
@@ -85,7 +86,7 @@ def evaluate(method: Method, task, examples: Sequence[Example], write_steps: Seq
                 batch = collate(examples[start:start + batch_size], task, queries_per_context).to(device)
                 with torch.no_grad():
                     t0 = time.perf_counter()
-                    memory = method.write(batch.context_ids, batch.context_mask, steps)
+                    memory = method.write(batch.context_ids, batch.context_mask, setting)
                     t1 = time.perf_counter()
                     per_query = memory.select(batch.context_index)
                     logits = method.read(per_query, batch.read_ids, batch.read_mask)
@@ -112,7 +113,7 @@ def evaluate(method: Method, task, examples: Sequence[Example], write_steps: Seq
                 reads += len(batch.read_ids)
                 if memory.log.get("token_loss"):
                     inner.append(_role_losses(memory.log["token_loss"], batch))
-            key = "default" if steps is None else str(steps)
+            key = "default" if setting is None else str(setting)
             results[key] = {
                 "exact_match": em / reads,
                 "token_accuracy": token_right / max(token_total, 1),

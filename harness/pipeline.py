@@ -15,10 +15,12 @@ from harness.data import Batch
 from harness.errors import ContractError
 
 
-def write_then_read(method: Method, batch: Batch, write_steps: int | None = None
+def write_then_read(method: Method, batch: Batch, write_setting: int | None = None
                     ) -> tuple[torch.Tensor, Memory]:
-    """Logits (Q, Lr, V) aligned with batch.read_ids, and the memory the write produced."""
-    memory = method.write(batch.context_ids, batch.context_mask, write_steps)
+    """Logits (Q, Lr, V) aligned with batch.read_ids, and the memory the write produced.
+    `write_setting`: the value of the method's write axis to write with (None: its trained one);
+    passed to `write` positionally, so a method may name that parameter as it likes."""
+    memory = method.write(batch.context_ids, batch.context_mask, write_setting)
     check_memory(method, memory, len(batch.context_ids))
     logits = method.read(memory.select(batch.context_index), batch.read_ids, batch.read_mask)
     check_logits(method, logits, batch.read_ids)

@@ -52,7 +52,7 @@ def trained_setting(frame: pd.DataFrame) -> pd.DataFrame:
     """Rows evaluated with the write setting the run was trained with."""
     if frame.empty:
         return frame
-    keys = frame["eval_write_steps"] if "eval_write_steps" in frame else pd.Series("default", index=frame.index)
+    keys = frame["eval_write_setting"] if "eval_write_setting" in frame else pd.Series("default", index=frame.index)
     trained = frame["axis_trained"] if "axis_trained" in frame else pd.Series(None, index=frame.index, dtype=object)
     return frame[[_own_setting(k, t) for k, t in zip(keys, trained)]]
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock, Timeout
 
 from harness import registry, store
 from harness.allocator import retain_freed_memory
@@ -89,10 +90,28 @@ def seed_everything(seed: int) -> None:
 
 def execute_run(spec: RunSpec, out: Path, device: str = "cpu", cache_dir: Path = DEFAULT_CACHE,
                 progress: bool = True) -> RunOutcome:
-    """Train and evaluate one run; write config.yaml, metrics.jsonl and summary.json."""
-    directory = store.run_dir(out, spec.suite, spec.run_id)
+    """Train and evaluate one run; write config.yaml, metrics.jsonl and summary.json. A run that
+    another process is training (its lock under the cache directory is held) is skipped."""
     if store.is_finished(out, spec.suite, spec.run_id):
         return RunOutcome(spec.run_id, spec.label(), "skipped")
+    lock_path = Path(cache_dir) / "locks" / f"{spec.suite}-{spec.run_id}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(lock_path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.warning("%s: another process is training it (%s held); skipped", spec.label(), lock_path)
+        return RunOutcome(spec.run_id, spec.label(), "skipped", error="running in another process")
+    try:
+        if store.is_finished(out, spec.suite, spec.run_id):   # finished while we waited for the lock
+            return RunOutcome(spec.run_id, spec.label(), "skipped")
+        return _train_and_record(spec, out, device, cache_dir, progress)
+    finally:
+        lock.release()
+
+
+def _train_and_record(spec: RunSpec, out: Path, device: str, cache_dir: Path, progress: bool) -> RunOutcome:
+    directory = store.run_dir(out, spec.suite, spec.run_id)
     retain_freed_memory()
     started = time.time()
     tuning, train = None, spec.train

@@ -61,14 +61,15 @@ class EvalConfig:
     examples: int = 1000
     batch_size: int = 128
     queries_per_context: int | Literal["all"] = 1
-    write_steps: list[int] | None = None   # write steps to evaluate (None: the method's own)
-    generate: bool = True                  # also greedy-generation exact match
+    write_settings: list[int] | None = None  # write-axis values to evaluate (GradMem: K, RMT: passes;
+                                             # None: the method's own)
+    generate: bool = True                    # also greedy-generation exact match
 
     def validate(self, where):
         if self.examples < 1 or self.batch_size < 1:
             raise HarnessError(f"{where}: examples and batch_size must be >= 1")
-        for k in self.write_steps or []:
-            non_negative(where, write_steps=k)
+        for value in self.write_settings or []:
+            non_negative(where, write_settings=value)
 
 
 TUNE_KEYS = ("grid", "steps", "seed")

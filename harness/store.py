@@ -88,12 +88,13 @@ def _axis_value(key: str, trained):
 
 
 def summary_rows(summary: dict) -> list[dict]:
-    """One row per (curriculum stage, evaluated write steps) of a run summary.
+    """One row per (curriculum stage, evaluated write setting) of a run summary.
 
-    Besides the spec and metrics, each row carries the method's self-description (`label`; `axis`,
-    `axis_trained`, `axis_value`: the write axis's name, trained value and the value this row was
-    evaluated at, None without an axis; a summary without "describe" gets the method's name and no
-    axis), `collapsed` (the run collapsed in this stage; False when not recorded) and `tuning`
+    Besides the spec and metrics, each row carries `eval_write_setting` (the stage's evaluation key:
+    the write-axis value evaluated, 'default' = the method's trained setting), the method's
+    self-description (`label`; `axis`, `axis_trained`, `axis_value`: the write axis's name, trained
+    value and the value this row was evaluated at, None without an axis; a summary without
+    "describe" gets the method's name and no axis), `collapsed` (the run collapsed in this stage; False when not recorded) and `tuning`
     (the run's tuning record as JSON, None when it was not tuned).
     """
     spec = summary["spec"]
@@ -111,11 +112,11 @@ def summary_rows(summary: dict) -> list[dict]:
     rows = []
     for stage in summary.get("stages", []):
         collapsed = bool(stage.get("collapsed", stage["stage"] in collapsed_stages))
-        for steps, metrics in stage["eval"].items():
+        for setting, metrics in stage["eval"].items():
             row = {**base, **_flatten("task", stage["task"]), "stage": stage["stage"],
                    "steps_taken": stage["steps"], "best_valid_em": stage["best_valid_em"],
-                   "eval_write_steps": steps, "collapsed": collapsed,
-                   "axis_value": _axis_value(steps, axis.get("trained")) if axis else None}
+                   "eval_write_setting": setting, "collapsed": collapsed,
+                   "axis_value": _axis_value(setting, axis.get("trained")) if axis else None}
             row.update({k: v for k, v in metrics.items() if not isinstance(v, (list, dict))})
             for name, values in metrics.items():
                 if name.startswith("inner_loss") and values:
@@ -129,7 +130,7 @@ def summary_rows(summary: dict) -> list[dict]:
 
 def load(results: Path | str = "results") -> pd.DataFrame:
     """Every training run's summary under `results` as one DataFrame (one row per stage and
-    write-step setting). Summaries with a `kind` (latency cells, `harness.latency`) are not
+    evaluated write setting). Summaries with a `kind` (latency cells, `harness.latency`) are not
     training runs and are left out."""
     rows = []
     for path in sorted(Path(results).glob("*/*/summary.json")):
@@ -139,17 +140,46 @@ def load(results: Path | str = "results") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def reindex(results: Path | str = "results", cache: Path | str | None = None) -> list[tuple[str, str]]:
-    """Re-derive every run's id from its config.yaml with the current code (new options get their
-    defaults) and rename its folder and checkpoints; a finished run wins over an unfinished one
-    with the same id. Returns the (old, new) ids that changed."""
+LEGACY_KEYS = {"eval": {"write_steps": "write_settings"}}
+"""Spec keys renamed since results were written: {section: {old key: new key}}. `reindex` applies
+them to each config.yaml before resolving it (eval.write_steps, the write-axis values to evaluate,
+became eval.write_settings: GradMem's method field `write_steps` is its K and keeps its name)."""
+
+
+def upgrade_spec(data: dict) -> dict:
+    """A resolved spec (config.yaml, summary["spec"]) with its legacy keys (`LEGACY_KEYS`) renamed;
+    a section holding both an old key and its new one keeps the new one's value."""
+    data = dict(data)
+    for section, renames in LEGACY_KEYS.items():
+        values = data.get(section)
+        if not isinstance(values, dict) or not any(old in values for old in renames):
+            continue
+        values = dict(values)
+        for old, new in renames.items():
+            if old in values:
+                value = values.pop(old)
+                values.setdefault(new, value)
+        data[section] = values
+    return data
+
+
+def reindex(results: Path | str = "results", cache: Path | str | None = None,
+            suites: list[str] | None = None) -> list[tuple[str, str]]:
+    """Re-derive every run's id from its config.yaml with the current code (legacy keys renamed,
+    `LEGACY_KEYS`; new options get their defaults) and rename its folder and checkpoints,
+    rewriting its config.yaml and its summary's spec; a finished run wins over an unfinished one
+    with the same id. `suites`: only these folders of `results` (None: all). A run whose id is
+    unchanged is left untouched. Returns the (old, new) ids that changed."""
     from harness.schema import RunSpec, SECTIONS, resolve_section
     changed = []
     for config in sorted(Path(results).glob("*/*/config.yaml")):
         folder = config.parent
+        if suites is not None and folder.parent.name not in suites:
+            continue
         data = yaml.safe_load(config.read_text())
         if "kind" in data:   # a latency cell: its id hashes the cell itself
             continue
+        data = upgrade_spec(data)
         spec = RunSpec(**{**data, **{s: resolve_section(s, data[s], s) for s in SECTIONS}})
         if spec.run_id == folder.name:
             continue

@@ -141,8 +141,8 @@ class Trainer:
         metrics = {}
         if self.test_at_stage_end:
             test = task.examples("test", self.eval_config.examples, seed=0)
-            steps = self.eval_config.write_steps or self.method.eval_write_steps()
-            metrics = evaluate(self.method, task, test, steps, self.eval_config.batch_size,
+            settings = self.eval_config.write_settings or self.method.eval_write_settings()
+            metrics = evaluate(self.method, task, test, settings, self.eval_config.batch_size,
                                self.eval_config.queries_per_context, self.eval_config.generate, self.device)
         task_params = {k: v for k, v in vars(task.config).items()}
         collapse = s["collapse"]

@@ -180,7 +180,7 @@ class ARMT(PrefixMemoryMethod):
             matrix, normaliser = update(keys[:, j:j + 1], values[:, j:j + 1], gates[:, j:j + 1], matrix, normaliser)
         return matrix, normaliser
 
-    def write(self, context_ids, context_mask, write_steps=None) -> Memory:
+    def write(self, context_ids, context_mask, write_setting=None) -> Memory:
         memory = self.initial_memory.unsqueeze(0).expand(len(context_ids), -1, -1)
         inputs, slots = write_slot_sequence(self.memory_embeddings(memory), self.backbone.embed(context_ids),
                                             context_mask.sum(1))

@@ -91,7 +91,7 @@ class FullContext(Method):
     summary = "upper bound: the KV-cache of the whole context (2 * layers * tokens * d floats)"
     Config = FullContextConfig
 
-    def write(self, context_ids, context_mask, write_steps=None) -> Memory:
+    def write(self, context_ids, context_mask, write_setting=None) -> Memory:
         hidden, cache = self.backbone.hidden(self.backbone.embed(context_ids),
                                              attention_mask=context_mask.long(), use_cache=True)
         lengths = context_mask.sum(1)

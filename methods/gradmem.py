@@ -103,8 +103,8 @@ class GradMem(PrefixMemoryMethod):
         return (memory - alpha * grad, per_example.detach(), token_loss.detach(),
                 grad.detach().flatten(1).norm(dim=1))
 
-    def write(self, context_ids, context_mask, write_steps=None) -> Memory:
-        steps = self.config.write_steps if write_steps is None else write_steps
+    def write(self, context_ids, context_mask, write_setting=None) -> Memory:
+        steps = self.config.write_steps if write_setting is None else write_setting
         if steps < 0:
             raise HarnessError(f"write_steps = {steps} must be >= 0")
         order = self.config.order
@@ -141,11 +141,11 @@ class GradMem(PrefixMemoryMethod):
                "token_loss": token_losses}
         return Memory(state=memory, floats=self.memory_floats(), log=log)
 
-    def eval_write_steps(self):
+    def eval_write_settings(self):
         return [self.config.write_steps]
 
-    def write_compute(self, write_steps=None):
-        steps = self.config.write_steps if write_steps is None else write_steps
+    def write_compute(self, write_setting=None):
+        steps = self.config.write_steps if write_setting is None else write_setting
         return {"forward": steps, "backward": steps}
 
     @classmethod

@@ -79,7 +79,7 @@ class Mamba(Method):
             new_ssm.append(ssm)
         return self._mamba.norm_f(hidden), torch.stack(new_conv, 1), torch.stack(new_ssm, 1)
 
-    def write(self, context_ids, context_mask, write_steps=None) -> Memory:
+    def write(self, context_ids, context_mask, write_setting=None) -> Memory:
         batch = len(context_ids)
         mixers = [layer.mixer for layer in self._mamba.layers]
         dtype = self.backbone.lm_head.weight.dtype

@@ -25,7 +25,7 @@ class QueryOnly(Method):
         super().__init__(config, backbone)
         self.start = nn.Parameter(torch.randn(1, backbone.hidden_size) * config.init_std)
 
-    def write(self, context_ids, context_mask, write_steps=None) -> Memory:
+    def write(self, context_ids, context_mask, write_setting=None) -> Memory:
         # on the model's device: Memory.select indexes it with the batch's context index
         return Memory(state=self.start.new_zeros(context_ids.shape[0], 0), floats=0)
 
@@ -34,5 +34,5 @@ class QueryOnly(Method):
         hidden, _ = self.backbone.hidden(torch.cat([start, self.backbone.embed(read_ids)], 1))
         return self.backbone.lm_head(hidden[:, :read_ids.shape[1]])
 
-    def write_compute(self, write_steps=None):
+    def write_compute(self, write_setting=None):
         return {"forward": 0, "backward": 0}

@@ -51,8 +51,8 @@ class RMT(PrefixMemoryMethod):
             written = written * (self.config.write_scale * torch.rsqrt(written.pow(2).mean(-1, keepdim=True) + 1e-12))
         return memory + written if self.config.residual else written
 
-    def write(self, context_ids, context_mask, write_steps=None) -> Memory:
-        passes = self.config.write_passes if write_steps is None else write_steps
+    def write(self, context_ids, context_mask, write_setting=None) -> Memory:
+        passes = self.config.write_passes if write_setting is None else write_setting
         if passes < 1:
             raise HarnessError(f"write_passes = {passes} must be >= 1")
         memory = self.initial_memory.unsqueeze(0).expand(len(context_ids), -1, -1)
@@ -61,11 +61,11 @@ class RMT(PrefixMemoryMethod):
         return self.with_reconstruction(Memory(state=memory, floats=self.memory_floats(),
                                                log={"write_passes": passes}), context_ids, context_mask)
 
-    def eval_write_steps(self):
+    def eval_write_settings(self):
         return [self.config.write_passes]
 
-    def write_compute(self, write_steps=None):
-        return {"forward": self.config.write_passes if write_steps is None else write_steps, "backward": 0}
+    def write_compute(self, write_setting=None):
+        return {"forward": self.config.write_passes if write_setting is None else write_setting, "backward": 0}
 
     @classmethod
     def display_label(cls, config):

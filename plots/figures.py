@@ -40,7 +40,7 @@ def _axis_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """Rows of methods that have a write axis, evaluated at an explicit value of it."""
     if frame.empty or "axis" not in frame:
         return frame.iloc[0:0]
-    subset = frame[frame["axis"].notna() & (frame["eval_write_steps"] != "default")]
+    subset = frame[frame["axis"].notna() & (frame["eval_write_setting"] != "default")]
     return subset.assign(axis_value=pd.to_numeric(subset["axis_value"]),
                          axis_trained=pd.to_numeric(subset["axis_trained"]))
 

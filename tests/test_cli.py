@@ -1,5 +1,6 @@
 """The command line: bad input, dry run, listing, plugins, resume after a crash, divergence."""
 import json
+import shutil
 import textwrap
 
 import pytest
@@ -56,6 +57,7 @@ BAD_INPUTS = {
     "memory slots past max_positions": lambda p: ["--suite", write_suite(p, {**TINY, "runs": [{"method": {"name": "rmt", "memory_size": 31}}]})],
     "negative steps": lambda p: ["--suite", write_suite(p, {**TINY, "runs": [{"method": {"name": "gradmem", "write_steps": -1}}]})],
     "negative train steps": lambda p: ["--suite", write_suite(p, modified(TINY, "train", steps=-5))],
+    "negative eval write setting": lambda p: ["--suite", write_suite(p, modified(TINY, "eval", write_settings=[-1]))],
     "bad plugin": lambda p: ["--plugin", "no.such.module", "--list"],
     "no run matches": lambda p: ["--suite", write_suite(p), "--match", "rmt("],
     "NaN lr": lambda p: ["--suite", write_suite(p, modified(TINY, "train", lr=float("nan")))],
@@ -225,6 +227,51 @@ def test_run_ids_ignore_defaults_and_survive_new_options(tmp_path):
     assert not stale.exists()
 
 
+def test_reindex_migrates_the_legacy_eval_write_steps_key(tmp_path):
+    """eval.write_steps (the write-axis values to evaluate) became eval.write_settings: a run written
+    under the old key moves to the id the current code derives, config and summary rewritten; a run
+    whose old key holds the default keeps its id and is left untouched."""
+    from harness.schema import RunSpec
+    data = modified({**TINY, "runs": [{"method": {"name": "gradmem", "write_steps": 1}}]}, "eval", write_settings=[0, 2])
+    assert run(["--suite", write_suite(tmp_path, data)], tmp_path) == 0
+    folder = summaries(tmp_path)[0].parent
+    summary = json.loads((folder / "summary.json").read_text())
+    assert [set(stage["eval"]) for stage in summary["stages"]] == [{"0", "2"}]
+    assert sorted(store.load(tmp_path / "results")["eval_write_setting"]) == ["0", "2"]
+    # the same run as the code before the rename wrote it: the old key, under the id it hashed to
+    legacy = summary["spec"]
+    legacy["eval"] = {("write_steps" if k == "write_settings" else k): v for k, v in legacy["eval"].items()}
+    old_id = RunSpec.from_dict(legacy).run_id
+    assert old_id != folder.name
+    old = folder.rename(folder.parent / old_id)
+    store.write_yaml(old / "config.yaml", legacy)
+    store.write_json(old / "summary.json", {**summary, "run_id": old_id, "spec": legacy})
+    shutil.rmtree(tmp_path / "cache" / "checkpoints" / folder.name, ignore_errors=True)
+    (tmp_path / "cache" / "checkpoints" / old_id).mkdir(parents=True)
+    # another suite's run with the old key at its default (None): same id before and after
+    untouched = tmp_path / "results" / "other" / old_id
+    shutil.copytree(old, untouched)
+    other = {**legacy, "suite": "other", "eval": {**legacy["eval"], "write_steps": None}}
+    store.write_yaml(untouched / "config.yaml", other)
+    # the old code's id: a key at its default is left out of the hash
+    other_id = RunSpec.from_dict({**other, "eval": {k: v for k, v in other["eval"].items() if k != "write_steps"}}).run_id
+    untouched = untouched.rename(untouched.parent / other_id)
+    before = {p.name: p.read_bytes() for p in untouched.iterdir()}
+
+    assert store.reindex(tmp_path / "results", tmp_path / "cache", suites=["other"]) == []
+    assert old.exists()
+    assert store.reindex(tmp_path / "results", tmp_path / "cache") == [(old_id, folder.name)]
+    assert not old.exists() and folder.exists()
+    assert (tmp_path / "cache" / "checkpoints" / folder.name).exists()
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    assert config["eval"]["write_settings"] == [0, 2] and "write_steps" not in config["eval"]
+    migrated = json.loads((folder / "summary.json").read_text())
+    assert migrated["run_id"] == folder.name and migrated["spec"] == config
+    assert migrated["stages"] == summary["stages"]
+    assert {p.name: p.read_bytes() for p in untouched.iterdir()} == before
+    assert store.reindex(tmp_path / "results", tmp_path / "cache") == []
+
+
 def test_a_torn_last_curve_line_is_dropped_on_resume(tmp_path, monkeypatch):
     from harness.train import Trainer
     data = modified({**TINY, "runs": [{"method": {"name": "query_only"}}]}, "train", steps=9, eval_every=3)
@@ -267,3 +314,18 @@ def test_a_method_the_suite_does_not_list_runs_with_its_defaults(tmp_path, capsy
     assert run(["--suite", write_suite(tmp_path), "--methods", "rmt", "--dry-run"], tmp_path) == 0
     out = capsys.readouterr().out
     assert "rmt(memory_size=8,write_passes=1) seed=0" in out and "1 runs" in out
+
+
+def test_a_run_another_process_is_training_is_skipped_and_left_alone(tmp_path):
+    """Two sweeps over the same results (e.g. one started twice) must not train one run together."""
+    from filelock import FileLock
+    from harness.suite import expand_suite
+    spec = expand_suite(write_suite(tmp_path), "cpu")[0]
+    cache = tmp_path / "cache"
+    held = FileLock(str(cache / "locks" / f"{spec.suite}-{spec.run_id}.lock"))
+    (cache / "locks").mkdir(parents=True)
+    with held:
+        outcome = runner.execute_run(spec, tmp_path / "results", cache_dir=cache, progress=False)
+    assert outcome.status == "skipped" and outcome.error == "running in another process"
+    assert not (tmp_path / "results").exists()
+    assert runner.execute_run(spec, tmp_path / "results", cache_dir=cache, progress=False).status == "finished"

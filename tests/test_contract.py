@@ -109,7 +109,7 @@ class _BrokenRead(Method):
         super().__init__(config, backbone)
         self.start = torch.nn.Parameter(torch.zeros(1))
 
-    def write(self, context_ids, context_mask, write_steps=None):
+    def write(self, context_ids, context_mask, write_setting=None):
         return Memory(state=context_ids.new_zeros(len(context_ids), 1).float(), floats=1)
 
     def read(self, memory, read_ids, read_mask):
@@ -119,7 +119,7 @@ class _BrokenRead(Method):
 class _BrokenWrite(_BrokenRead):
     name = "broken_write"
 
-    def write(self, context_ids, context_mask, write_steps=None):
+    def write(self, context_ids, context_mask, write_setting=None):
         return Memory(state=torch.zeros(1, len(context_ids)), floats=1)   # not batch-first
 
 
@@ -169,7 +169,7 @@ class Peek(Method):
         super().__init__(config, backbone)
         self.scale = torch.nn.Parameter(torch.ones(()))
 
-    def write(self, context_ids, context_mask, write_steps=None):
+    def write(self, context_ids, context_mask, write_setting=None):
         self.seen = context_ids
         return Memory(state=torch.zeros(len(context_ids), 1, dtype=self.scale.dtype), floats=1)
 

@@ -168,7 +168,7 @@ class StrayCpuMemory(QueryOnly):
     """query_only as it was before issue 11: its memory is made on the CPU."""
     name = "stray_cpu_memory"
 
-    def write(self, context_ids, context_mask, write_steps=None):
+    def write(self, context_ids, context_mask, write_setting=None):
         return Memory(state=torch.zeros(context_ids.shape[0], 0), floats=0)
 
 

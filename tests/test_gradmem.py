@@ -98,7 +98,7 @@ def test_label_alignment_last_memory_slot_predicts_first_token(compact_task):
 def test_zero_write_steps_reads_initial_memory(compact_task):
     method = make_method("gradmem", compact_task, **OPTIONS).eval()
     batch = _batch(compact_task)
-    memory = method.write(*_ctx(batch), write_steps=0)
+    memory = method.write(*_ctx(batch), write_setting=0)
     assert torch.equal(memory.state, method.initial_memory.detach().expand_as(memory.state))
     assert len(memory.log["inner_loss"]) == 1  # the WRITE loss at M_0
 
@@ -107,11 +107,11 @@ def test_evaluation_builds_no_graph_and_accepts_other_step_counts(compact_task):
     method = make_method("gradmem", compact_task, **OPTIONS).eval()
     batch = _batch(compact_task)
     for steps in (1, 3, 5):
-        memory = method.write(*_ctx(batch), write_steps=steps)
+        memory = method.write(*_ctx(batch), write_setting=steps)
         assert memory.state.grad_fn is None and not memory.state.requires_grad
         assert len(memory.log["inner_loss"]) == steps + 1  # at M_0 .. M_K
     with torch.no_grad():
-        memory = method.write(*_ctx(batch), write_steps=2)
+        memory = method.write(*_ctx(batch), write_setting=2)
     assert memory.state.grad_fn is None
     assert all(p.grad is None for p in method.parameters())
 
@@ -121,7 +121,7 @@ def test_unlogged_evaluation_writes_the_same_memory(compact_task):
     logged = make_method("gradmem", compact_task, torch.float64, **OPTIONS).eval()
     unlogged = make_method("gradmem", compact_task, torch.float64, **OPTIONS, log_write_loss=False).eval()
     unlogged.load_state_dict(logged.state_dict())
-    a, b = logged.write(*_ctx(batch), write_steps=2), unlogged.write(*_ctx(batch), write_steps=2)
+    a, b = logged.write(*_ctx(batch), write_setting=2), unlogged.write(*_ctx(batch), write_setting=2)
     assert torch.equal(a.state, b.state)
     assert len(a.log["inner_loss"]) == 3 and not b.log["inner_loss"] and not b.log["token_loss"]
 
@@ -129,11 +129,11 @@ def test_unlogged_evaluation_writes_the_same_memory(compact_task):
 def test_inner_steps_lower_the_write_loss_and_clip_bounds_the_step(compact_task):
     batch = _batch(compact_task)
     small_steps = make_method("gradmem", compact_task, torch.float64, memory_size=2, inner_lr=0.05).eval()
-    losses = small_steps.write(*_ctx(batch), write_steps=3).log["inner_loss"]
+    losses = small_steps.write(*_ctx(batch), write_setting=3).log["inner_loss"]
     assert losses[0] > losses[1] > losses[2] > losses[3]
     method = make_method("gradmem", compact_task, torch.float64, memory_size=2, inner_lr=0.5,
                          inner_grad_clip=0.01).eval()
-    memory = method.write(*_ctx(batch), write_steps=1)
+    memory = method.write(*_ctx(batch), write_setting=1)
     step = (memory.state - method.initial_memory.detach()).flatten(1).norm(dim=1)
     assert torch.all(step <= 0.5 * 0.01 + 1e-9)
 
@@ -142,7 +142,7 @@ def test_negative_write_steps_is_a_harness_error(compact_task):
     from harness.errors import HarnessError
     method = make_method("gradmem", compact_task)
     with pytest.raises(HarnessError, match="write_steps"):
-        method.write(*_ctx(_batch(compact_task)), write_steps=-1)
+        method.write(*_ctx(_batch(compact_task)), write_setting=-1)
 
 
 def test_checkpointed_write_steps_give_the_same_meta_gradient(compact_task):

@@ -101,7 +101,7 @@ class LoopMemory(Method):
     summary = "test only"
     Config = LoopConfig
 
-    def write(self, context_ids, context_mask, write_steps=None):
+    def write(self, context_ids, context_mask, write_setting=None):
         return Memory(state=torch.zeros(len(context_ids), 1), floats=1)
 
     def read(self, memory, read_ids, read_mask):

@@ -40,10 +40,9 @@ from typing import Any, Callable
 import pandas as pd
 import torch
 import torch.nn.functional as F
-import yaml
 
 from harness import registry, store
-from harness.suite import deep_merge
+from harness.suite import check_suite_keys, deep_merge, read_suite_file
 from harness.typed import build, positive
 from harness.data import Batch
 from harness.errors import ContractError, HarnessError
@@ -189,26 +188,15 @@ def resolve_backbone(arch: str, config: Any, where: str) -> dict:
 
 def is_latency_suite(name: str) -> bool:
     """Whether a suite (name or YAML path) declares `kind: latency`."""
-    path = registry.suite_path(name)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise HarnessError(f"suite file {path} is not valid YAML: {error}") from None
+    data = read_suite_file(name)
     return isinstance(data, dict) and data.get("kind") == KIND
 
 
 def load_spec(name: str, scale: str) -> LatencySpec:
     """The latency suite `name` at `scale`: base merged with the scale's base, validated."""
-    from harness.schema import SCALES
-    from harness.typed import check_keys
-    path = registry.suite_path(name)
-    data = yaml.safe_load(path.read_text()) or {}
-    check_keys(data, SUITE_KEYS, f"suite {name}")
+    data = read_suite_file(name)
+    check_suite_keys(data, SUITE_KEYS, SCALE_KEYS, name)
     scales = data.get("scales") or {}
-    for key, body in scales.items():
-        if key not in SCALES:
-            raise HarnessError(f"unknown scale {key!r} in suite {name}; valid: {', '.join(SCALES)}")
-        check_keys(body or {}, SCALE_KEYS, f"suite {name}, scale {key}")
     if scale not in scales:
         raise HarnessError(f"suite {name} has no scale {scale!r}; valid: {', '.join(scales)}")
     base = deep_merge(data.get("base") or {}, (scales[scale] or {}).get("base") or {})

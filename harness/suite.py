@@ -76,21 +76,31 @@ def _runs_of_unlisted_methods(methods: list[str], runs: list[dict], base: dict) 
     return extra
 
 
-def load_suite(name: str) -> dict:
+def read_suite_file(name: str):
+    """The parsed YAML of a suite (name or path); invalid YAML is a HarnessError."""
     path = registry.suite_path(name)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise HarnessError(f"suite file {path} is not valid YAML: {error}") from None
-    if isinstance(data, dict) and data.get("kind") == "latency":   # checked by harness.latency
-        from harness.latency import SUITE_KEYS as LATENCY_KEYS
-        check_keys(data, LATENCY_KEYS, f"suite {name}")
-        return data
-    check_keys(data, SUITE_KEYS, f"suite {name}")
+
+
+def check_suite_keys(data, suite_keys, scale_keys, name: str) -> None:
+    """Top-level keys, scale names and each scale's keys of a suite."""
+    check_keys(data, suite_keys, f"suite {name}")
     for scale, body in (data.get("scales") or {}).items():
         if scale not in SCALES:
             raise HarnessError(f"unknown scale {scale!r} in suite {name}; valid: {', '.join(SCALES)}")
-        check_keys(body or {}, SCALE_KEYS, f"suite {name}, scale {scale}")
+        check_keys(body or {}, scale_keys, f"suite {name}, scale {scale}")
+
+
+def load_suite(name: str) -> dict:
+    data = read_suite_file(name)
+    if isinstance(data, dict) and data.get("kind") == "latency":   # checked by harness.latency
+        from harness.latency import SCALE_KEYS as LATENCY_SCALE_KEYS, SUITE_KEYS as LATENCY_KEYS
+        check_suite_keys(data, LATENCY_KEYS, LATENCY_SCALE_KEYS, name)
+        return data
+    check_suite_keys(data, SUITE_KEYS, SCALE_KEYS, name)
     return data
 
 

@@ -221,7 +221,8 @@ class BabiConfig:
     """bAbI QA task `qa` (1-5); `data_dir` = the en-valid-10k folder, else generated stories."""
     qa: int = 1
     data_dir: str | None = None
-    story_sentences: int = 8        # generated: statements per story (QA4 always has 2)
+    story_sentences: int = 8        # generated: statements per story, at least MIN_STATEMENTS[qa]
+                                    # (QA3 3, QA5 7; QA4 always has 2)
 
     def validate(self, where):
         if self.qa not in (1, 2, 3, 4, 5):
@@ -233,16 +234,30 @@ class BabiConfig:
                                f"en-valid-10k folder with --data-dir, or leave it out for generated stories")
 
 
+# the fewest statements a story needs to ask a question: QA3 an object moved twice (move, pick,
+# move), QA5 the five placements, a pick and a give; a shorter `story_sentences` (e.g. a
+# curriculum's first stage shared by every QA task) gets this many
+MIN_STATEMENTS = {1: 1, 2: 2, 3: 3, 4: 2, 5: 7}
+MAX_ATTEMPTS = 10_000
+
+
+def story_length(qa: int, sentences: int) -> int:
+    """Statements of a generated story: `sentences`, at least the task's MIN_STATEMENTS."""
+    return max(sentences, MIN_STATEMENTS[qa])
+
+
 def generate_example(qa: int, rng: random.Random, sentences: int) -> Example:
     """One generated story with every question it supports (one for QA4)."""
     if qa == 4:
         return _relations(rng)
-    while True:
-        lines, world = _story(rng, qa, sentences)
+    for _ in range(MAX_ATTEMPTS):
+        lines, world = _story(rng, qa, story_length(qa, sentences))
         queries = _questions(qa, world)
         if queries:
             rng.shuffle(queries)
             return Example(" ".join(lines), tuple(queries))
+    raise HarnessError(f"no QA{qa} story of {story_length(qa, sentences)} statements with a question in "
+                       f"{MAX_ATTEMPTS} tries; use more story_sentences")
 
 
 @register_task
@@ -288,4 +303,4 @@ class Babi(Task):
         if self.config.data_dir:
             self._release   # read (and so validate) the release files before any run starts
         words_per_sentence = 9
-        return self.config.story_sentences * words_per_sentence + 8, 16
+        return story_length(self.config.qa, self.config.story_sentences) * words_per_sentence + 8, 16

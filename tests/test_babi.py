@@ -185,6 +185,20 @@ def test_generated_answers_agree_with_an_independent_simulator(qa):
     assert len({q.target for e in examples for q in e.queries}) > 2
 
 
+@pytest.mark.parametrize("qa", [1, 2, 3, 4, 5])
+def test_a_curriculum_stage_shorter_than_a_task_needs_gets_the_fewest_statements_that_ask(qa):
+    """2-statement stories (the bAbI cpu curriculum's first stage) cannot move an object twice (QA3)
+    or place five people and pass an object (QA5): those stories get the minimum, not a hang."""
+    from tasks.babi import MIN_STATEMENTS
+    examples = make_babi(qa=qa, story_sentences=2).examples("train", 20, 0)
+    statements = [e.context.count(".") for e in examples]
+    assert all(e.queries for e in examples)
+    assert min(statements) == (2 if qa == 4 else max(2, MIN_STATEMENTS[qa]))
+    for example in examples:
+        for query in example.queries:
+            assert simulate(example.context, query.text) == query.target
+
+
 def test_babi_trains_end_to_end(tmp_path):
     from harness.data import collate
     from harness.pipeline import target_loss, write_then_read

@@ -48,18 +48,10 @@ def describe_device(device: str) -> str:
     return f"{model}, {torch.get_num_threads()} torch thread(s), {cores} core(s) allowed, of {os.cpu_count()}"
 
 
-def _synchronize(device: str) -> None:
-    import torch
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def _timed(device: str, fn) -> float:
-    _synchronize(device)
-    started = time.perf_counter()
-    fn()
-    _synchronize(device)
-    return time.perf_counter() - started
+    """Seconds of one call, the device synchronised before and after (harness.latency.timed)."""
+    from harness.latency import timed
+    return timed(fn, device)[0]
 
 
 def measure_key(spec, stage: int, device: str, steps: int, warmup: int, max_seconds: float | None,
@@ -120,7 +112,7 @@ def parse_args(argv):
     parser.add_argument("--remeasure", action="store_true", help="measure keys already in the record again")
     parser.add_argument("--no-eval", action="store_true", help="time training steps only")
     parser.add_argument("--methods", help="comma-separated method names to keep")
-    parser.add_argument("--match", action="append", default=[], help="keep runs whose label contains this text")
+    parser.add_argument("--match", action="append", default=[], help="keep runs whose label or task contains this text (as run_all.py --match)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's, e.g. from OMP_NUM_THREADS)")
     parser.add_argument("--plugin", action="append", default=[], help="import an outside module that registers methods/tasks")
     parser.add_argument("--out", default="results", help="results root; the record goes to OUT/step_costs/")
@@ -138,25 +130,23 @@ def main(argv=None) -> int:
     transformers.logging.set_verbosity_error()
     from harness import registry, store
     from harness.allocator import retain_freed_memory
-    from harness.schema import SCALES
     from harness.suite import expand_suite
     from harness.errors import HarnessError
-    from harness.runner import resolve_device
+    from harness.cli import matching
+    from harness.runner import resolve_device, resolve_scale
     from harness.step_costs import cost_key, device_tag, key_fields, load_record, record_path, stage_overrides
     try:
         for plugin in args.plugin:
             registry.load_plugin(plugin)
         registry.discover()
         device = resolve_device(args.device)
-        scale = args.scale if args.scale != "auto" else ("gpu" if device == "cuda" else "cpu")
-        if scale not in SCALES:
-            raise HarnessError(f"unknown scale {scale!r}; valid: auto, {', '.join(SCALES)}")
+        scale = resolve_scale(args.scale, device)
         methods = [m for m in (args.methods or "").split(",") if m] or None
-        specs = expand_suite(args.suite, scale, methods)
+        specs = matching(expand_suite(args.suite, scale, methods), args.match,
+                         lambda s: f"{s.label()} {s.task_label()}", f"run of suite {args.suite} at scale {scale}")
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    specs = [s for s in specs if not args.match or any(text in s.label() for text in args.match)]
     if args.threads:
         torch.set_num_threads(args.threads)
     retain_freed_memory()   # as every harness run does

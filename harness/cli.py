@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 from harness import registry
-from harness.schema import SCALES
 from harness.suite import expand_suite, load_suite
 from harness.errors import HarnessError
 
@@ -108,11 +107,9 @@ def main(argv=None) -> int:
             return 0
         if not args.suite:
             raise HarnessError("no --suite given; valid: " + ", ".join(registry.suite_names()))
-        from harness.runner import resolve_device, run_specs
+        from harness.runner import resolve_device, resolve_scale, run_specs
         device = resolve_device(args.device)
-        scale = args.scale if args.scale != "auto" else ("gpu" if device == "cuda" else "cpu")   # never paper
-        if scale not in SCALES:
-            raise HarnessError(f"unknown scale {scale!r}; valid: auto, {', '.join(SCALES)}")
+        scale = resolve_scale(args.scale, device)
         if args.jobs < 1:
             raise HarnessError(f"--jobs = {args.jobs} must be >= 1")
         methods = [m for m in (args.methods or "").split(",") if m] or None

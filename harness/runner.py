@@ -17,7 +17,7 @@ from filelock import FileLock, Timeout
 from harness import registry, store
 from harness.allocator import retain_freed_memory
 from harness.backbone import build_backbone
-from harness.schema import EvalConfig, RunSpec, TrainConfig
+from harness.schema import SCALES, EvalConfig, RunSpec, TrainConfig
 from harness.typed import build
 from harness.data import PretrainedCodec
 from harness.errors import ContractError, HarnessError
@@ -46,6 +46,14 @@ def resolve_device(name: str) -> str:
     if name not in ("cpu", "cuda"):
         raise HarnessError(f"unknown device {name!r}; valid: auto, cpu, cuda")
     return name
+
+
+def resolve_scale(name: str, device: str) -> str:
+    """A suite scale; `auto` is gpu on a CUDA device, else cpu (never paper)."""
+    scale = name if name != "auto" else ("gpu" if device == "cuda" else "cpu")
+    if scale not in SCALES:
+        raise HarnessError(f"unknown scale {scale!r}; valid: auto, {', '.join(SCALES)}")
+    return scale
 
 
 def build_run(spec: RunSpec):

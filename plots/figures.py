@@ -19,10 +19,11 @@ from matplotlib.lines import Line2D  # noqa: E402
 log = logging.getLogger(__name__)
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path, right: float = 1.0, dpi: int = 120) -> Path:
+    """Lay out (the right margin from `right` on left free, e.g. for a legend), write and close."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.tight_layout(rect=(0, 0, right, 1))
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     log.info("wrote %s", path)
     return path
@@ -100,7 +101,7 @@ def exact_match_vs_pairs(frame: pd.DataFrame, scale: str, out: Path) -> Path | N
         handles += COLLAPSE_HANDLES
         names += [h.get_label() for h in COLLAPSE_HANDLES]
     ax.legend(handles, names, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), title="memory per context")
-    return _save(fig, out / f"capacity_{scale}.png")
+    return save_figure(fig, out / f"capacity_{scale}.png")
 
 
 def capacity_vs_memory(frame: pd.DataFrame, scale: str, out: Path) -> Path | None:
@@ -148,7 +149,7 @@ def capacity_vs_memory(frame: pd.DataFrame, scale: str, out: Path) -> Path | Non
         handles.append(COLLAPSE_HANDLES[1])
         names.append(COLLAPSE_HANDLES[1].get_label())
     ax.legend(handles, names, fontsize=7)
-    return _save(fig, out / f"capacity_vs_memory_{scale}.png")
+    return save_figure(fig, out / f"capacity_vs_memory_{scale}.png")
 
 
 def steps_heatmap(frame: pd.DataFrame, scale: str, out: Path) -> Path | None:
@@ -171,7 +172,7 @@ def steps_heatmap(frame: pd.DataFrame, scale: str, out: Path) -> Path | None:
     ax.set(xlabel=f"{axis} at evaluation", ylabel="",
            title=f"Exact match (%) with more {axis} at evaluation, same weights\n({scale} scale, mean of "
                  f"{subset['seed'].nunique()} seed(s); red box: the value used in training)")
-    return _save(fig, out / f"steps_heatmap_{scale}.png")
+    return save_figure(fig, out / f"steps_heatmap_{scale}.png")
 
 
 def em_vs_inner_loss(frame: pd.DataFrame, scale: str, out: Path) -> Path | None:
@@ -187,7 +188,7 @@ def em_vs_inner_loss(frame: pd.DataFrame, scale: str, out: Path) -> Path | None:
                     x="final_inner_loss", y=subset["exact_match"] * 100, hue="trained", style="pairs", ax=ax)
     ax.set(xlabel="inner (WRITE) loss after the last step", ylabel="exact match (%)",
            title=f"Exact match versus inner loss ({scale} scale)")
-    return _save(fig, out / f"em_vs_inner_loss_{scale}.png")
+    return save_figure(fig, out / f"em_vs_inner_loss_{scale}.png")
 
 
 def inner_loss_by_step(frame: pd.DataFrame, scale: str, out: Path) -> Path | None:
@@ -217,7 +218,7 @@ def inner_loss_by_step(frame: pd.DataFrame, scale: str, out: Path) -> Path | Non
     fig.legend(handles.values(), handles.keys(), fontsize=7, loc="center right")
     fig.subplots_adjust(right=0.85)
     fig.suptitle(f"Inner loss on key and value tokens per write step ({scale} scale)")
-    return _save(fig, out / f"inner_loss_by_step_{scale}.png")
+    return save_figure(fig, out / f"inner_loss_by_step_{scale}.png")
 
 
 FIGURES = (exact_match_vs_pairs, capacity_vs_memory, steps_heatmap, em_vs_inner_loss, inner_loss_by_step)

@@ -25,6 +25,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from harness.latency import break_even_table, load, with_predictions  # noqa: E402
+from plots.figures import save_figure  # noqa: E402
 
 log = logging.getLogger(__name__)
 READS = np.unique(np.round(np.logspace(0, 12, 97, base=2)).astype(int))   # 1 .. 4096 reads
@@ -52,15 +53,6 @@ def _legend(fig, axes) -> None:
             entries.setdefault(name, handle)
     names = sorted(entries)
     fig.legend([entries[n] for n in names], names, fontsize=8, loc="center right")
-
-
-def _save(fig, path: Path, right: float) -> Path:
-    """Lay out (legend in the right margin), write and close."""
-    fig.tight_layout(rect=(0, 0, right, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    log.info("wrote %s", path)
-    return path
 
 
 def _title(rows: pd.DataFrame) -> str:
@@ -100,7 +92,8 @@ def write_plus_reads(rows: pd.DataFrame, out: Path) -> Path | None:
     fig.suptitle(_title(rows) + "\ndots: where each method breaks even with the reference "
                  f"({', '.join(sorted(rows['reference'].dropna().unique()))})", fontsize=9)
     first = rows.iloc[0]
-    return _save(fig, out / f"{first['suite']}_{first['scale']}_{first['device']}_{first['family']}.png", 0.84)
+    name = f"{first['suite']}_{first['scale']}_{first['device']}_{first['family']}.png"
+    return save_figure(fig, out / name, right=0.84, dpi=110)
 
 
 def break_even_figure(rows: pd.DataFrame, out: Path) -> Path | None:
@@ -141,7 +134,8 @@ def break_even_figure(rows: pd.DataFrame, out: Path) -> Path | None:
     fig.suptitle(_title(rows) + f"\nbreak-even against {', '.join(sorted(rows['reference'].dropna().unique()))}: "
                  "the fewest reads from which WRITE + N x READ is no slower", fontsize=9)
     first = rows.iloc[0]
-    return _save(fig, out / f"{first['suite']}_breakeven_{first['scale']}_{first['device']}_{first['family']}.png", 0.8)
+    name = f"{first['suite']}_breakeven_{first['scale']}_{first['device']}_{first['family']}.png"
+    return save_figure(fig, out / name, right=0.8, dpi=110)
 
 
 def _ms(seconds: float) -> str:

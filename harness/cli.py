@@ -58,24 +58,24 @@ def print_plan(specs, out: Path, device: str | None = None, suite: str | None = 
     (harness.step_costs; `device` defaults to auto: cuda when available, else cpu)."""
     from harness import step_costs, store
     from harness.runner import resolve_device
-    from harness.tune import grid_cells, tune_id, tune_path
+    from harness.tune import tune_id
     plan = step_costs.plan(specs, out, device or resolve_device("auto"), suite)
-    total, tunings = 0, {}
+    total, left, tunings = 0, 0, {}
     for spec in specs:
-        tune = spec.train.get("tune")
-        if tune and not store.is_finished(out, spec.suite, spec.run_id) and not tune_path(out, spec).exists():
-            tunings[tune_id(spec)] = len(grid_cells(tune)) * tune["steps"] * spec.train["batch_size"]
         done = store.is_finished(out, spec.suite, spec.run_id)
+        tune = spec.train.get("tune")
+        if tune and not done and tune_id(spec) not in tunings:   # the grid cells not cached yet
+            tunings[tune_id(spec)] = step_costs.tuning_cells_left(out, spec) * tune["steps"] * spec.train["batch_size"]
+        left += not done
+        total += 0 if done else spec.train["steps"] * spec.train["batch_size"]
         stages = spec.train["curriculum"] or [{}]
-        cost = spec.train["steps"] * spec.train["batch_size"]
-        total += 0 if done else cost
         curriculum = " -> ".join(",".join(f"{k}={v}" for k, v in stage.items()) for stage in stages if stage)
         print(f"{spec.run_id}  {'done ' if done else 'todo '} {spec.label():<44} {spec.task_label()}"
               + (f" curriculum {curriculum}" if curriculum else "")
               + f" steps<={spec.train['steps']} batch={spec.train['batch_size']}"
               + f"  est {plan.notes.get(spec.run_id, 'unmeasured')}")
-    print(f"{len(specs)} runs, {sum(not store.is_finished(out, s.suite, s.run_id) for s in specs)} to train, "
-          f"at most {total:,} training contexts"
+    tunings = {key: contexts for key, contexts in tunings.items() if contexts}
+    print(f"{len(specs)} runs, {left} to train, at most {total:,} training contexts"
           + (f" + {sum(tunings.values()):,} for {len(tunings)} tunings (one per setting, shared by its seeds)"
              if tunings else ""))
     for line in plan.lines:

@@ -31,9 +31,8 @@ def describe_summaries(results: Path | str = "results", refresh: bool = False) -
         renamed = "write_passes" in summary
         if renamed:
             summary["write_compute"] = summary.pop("write_passes")
-        if "describe" in summary and not refresh and not renamed:
-            continue
-        description = describe_spec(summary["spec"]["method"])
+        keep = "describe" in summary and not refresh
+        description = summary["describe"] if keep else describe_spec(summary["spec"]["method"])
         if summary.get("describe") == description and not renamed:
             continue
         summary["describe"] = description

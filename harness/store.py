@@ -94,8 +94,8 @@ def summary_rows(summary: dict) -> list[dict]:
     the write-axis value evaluated, 'default' = the method's trained setting), the method's
     self-description (`label`; `axis`, `axis_trained`, `axis_value`: the write axis's name, trained
     value and the value this row was evaluated at, None without an axis; a summary without
-    "describe" gets the method's name and no axis), `collapsed` (the run collapsed in this stage; False when not recorded) and `tuning`
-    (the run's tuning record as JSON, None when it was not tuned).
+    "describe" gets the method's name and no axis), `collapsed` (the run collapsed in this stage;
+    False when not recorded) and `tuning` (the run's tuning record as JSON, None when not tuned).
     """
     spec = summary["spec"]
     description = summary.get("describe") or {"label": spec["method"]["name"], "axis": None}

@@ -1,51 +1,119 @@
 #!/usr/bin/env bash
-# GPU check, for a lent GPU machine: the smoke suite on CUDA, one run at a time, then the step-cost
-# benchmark at the paper's KV shapes, then the step costs of the capacity suite at gpu scale
-# (results/step_costs/cuda-<gpu>.json, copied to $OUT/step_costs/) and the dry run's estimate
-# from them. Prints what it measured; about 8 minutes on one H100.
-# Stops at the first failed run or command (exit code non-zero), naming it; a step shape that
-# fails to measure (e.g. out of memory) is recorded as skipped and the check goes on to the
-# estimate, then exits non-zero.
-set -euo pipefail
+# GPU check, for a lent GPU machine (one call of about 9 minutes on one H100):
+#   1. `capacity` at `shapes` scale (the paper's KV shapes up to 16 pairs, 4 runs) and a
+#      full-context control probe train on CUDA
+#      in the background, time-boxed to TRAIN_SECONDS (default 280) from its start; finished runs keep their
+#      results, unfinished ones their resume checkpoint (a later `run_all.py` resumes them, on
+#      any device);
+#   2. meanwhile the smoke suite on CUDA, one run at a time, stopping at the first failed run;
+#   3. once training stops (the GPU idle again): the step-cost benchmark at the paper's shapes
+#      (full context's one-pass step against one plain forward/backward of the same model) and
+#      the step costs of `capacity` at gpu scale (results/step_costs/cuda-<gpu>.json), then the
+#      dry run's estimate from them.
+# Everything it writes goes to $OUT (default /tmp/gpu_check): gpu_check.log, results.tgz (run
+# results, the step-cost record and benchmark), checkpoints.tgz.part-* (resume points of the
+# runs the time box stopped, split in 15 MiB pieces; `cat` them back together).
+# Exit code: 0 when every part passed, else 1 (the log names each failure).
+set -uo pipefail
 cd "$(dirname "$0")/.."
-export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
-trap 'echo "gpu_check: stopped at line $LINENO (exit code $?)" >&2' ERR
-python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print('torch', torch.__version__, torch.cuda.get_device_name())"
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
+if ! command -v python >/dev/null; then   # images that name it python3 only
+  mkdir -p /tmp/gpu_check_bin && ln -sf "$(command -v python3)" /tmp/gpu_check_bin/python
+  export PATH="/tmp/gpu_check_bin:$PATH"
+fi
 out="${OUT:-/tmp/gpu_check}"
-mkdir -p "$out"
+work=/tmp/gpu_check_work
+train_seconds="${TRAIN_SECONDS:-280}"
+mkdir -p "$out" "$work"
+exec > >(tee "$out/gpu_check.log") 2>&1
 start=$(date +%s)
-# each run through the command line on its own (--match its label), so the first failure stops
-# the check instead of the suite going on to the next run
-python - "$out" <<'PY'
+status=0
+stamp() { echo "[gpu_check +$(( $(date +%s) - start )) s] $*"; }
+fail() { stamp "FAILED: $*"; status=1; }
+
+python -c "import torch, transformers; assert torch.cuda.is_available(), 'no CUDA device'; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name())" \
+  || { echo "no CUDA device"; exit 1; }
+
+# 1. the paper-shape subset, in the background
+stamp "capacity --scale shapes on cuda (4 runs) and 2 control runs at once, at most ${train_seconds} s"
+deadline=$(( $(date +%s) + train_seconds ))
+# its own process group (setsid), so the time box stops the parallel workers too
+# beside them the controls (full context, GradMem K=2) without the overlapping training keys (a probe)
+control=results/probes/kv_paper_full_context/plain_keys_shapes.yaml
+setsid bash -c "python run_all.py --suite capacity --scale shapes --device cuda --jobs 4 \
+    --out '$work/results' --cache '$work/cache' --quiet & \
+  python run_all.py --suite $control --scale shapes --device cuda --jobs 2 \
+    --out '$work/results' --cache '$work/cache' --quiet & wait" >"$out/shapes_train.log" 2>&1 &
+train_pid=$!
+
+# 2. smoke on cuda, one run at a time (its label), the first failure stops it
+python - "$work" <<'PY' || fail "smoke suite on cuda"
 import sys
 from harness import registry
 from harness.cli import main
-from harness.config import expand_suite
+from harness.suite import expand_suite
 
 registry.discover()
-out = sys.argv[1]
+work = sys.argv[1]
 for spec in expand_suite("smoke", "smoke"):
     label = spec.label()
     code = main(["--suite", "smoke", "--scale", "smoke", "--device", "cuda", "--match", label,
-                 "--out", f"{out}/results", "--cache", f"{out}/cache", "--quiet"])
+                 "--out", f"{work}/smoke", "--cache", f"{work}/smoke_cache", "--quiet"])
     if code != 0:
         sys.exit(f"smoke run failed on cuda: {label} (exit code {code})")
 PY
-echo "smoke suite on cuda: $(( $(date +%s) - start )) s"
-python - "$out/results" <<'PY'
+python - "$work/smoke" <<'PY' || fail "reading the smoke results"
 import sys
 from harness import store
 frame = store.load(sys.argv[1])
-print(frame[["method", "method.write_steps", "eval_write_setting", "exact_match", "memory_floats", "train_seconds"]].to_string())
+print(frame[["method", "eval_write_setting", "exact_match", "memory_floats", "train_seconds"]].to_string())
 PY
-python -m bench.step_cost --device cuda --pairs 16 32 --batch 32 --repeats 5 --out "$out/bench"
-echo "step-cost table: $(( $(date +%s) - start )) s"
-# seconds per training step of every step shape of capacity at gpu scale (12 settings x 4 stages,
-# 1 warm-up + 3 timed steps and one evaluation batch each), for the dry run's estimate
-status=0
-python -m bench.step_cost --suite capacity --scale gpu --device cuda --steps 3 --warmup 1 || status=$?
-mkdir -p "$out/step_costs"
-cp results/step_costs/cuda-*.json "$out/step_costs/"
-python run_all.py --suite capacity --scale gpu --dry-run --device cuda | tail -3
-echo "total: $(( $(date +%s) - start )) s"
+stamp "smoke suite done"
+
+while kill -0 "$train_pid" 2>/dev/null && [ "$(date +%s)" -lt "$deadline" ]; do sleep 5; done
+if kill -0 "$train_pid" 2>/dev/null; then
+  stamp "time box reached: stopping the shapes runs (they resume from their checkpoints)"
+  kill -TERM -- "-$train_pid" 2>/dev/null; sleep 10; kill -KILL -- "-$train_pid" 2>/dev/null
+fi
+wait "$train_pid"
+stamp "shapes training stopped (exit code $?)"
+python - "$work/results" <<'PY' || fail "reading the shapes results"
+import json, sys
+from pathlib import Path
+for metrics in sorted(Path(sys.argv[1]).glob("*/*/metrics.jsonl")):
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    valid = [r for r in rows if "valid_em" in r]
+    summary = metrics.with_name("summary.json")
+    state = json.loads(summary.read_text())["status"] if summary.exists() else "unfinished"
+    print(metrics.parent.name, state, "last step", rows[-1]["step"] if rows else None,
+          [(r["step"], r["task"].get("pairs"), round(r["valid_em"], 3)) for r in valid])
+PY
+
+# 3. timings on the idle GPU
+timeout 90 python -m bench.step_cost --device cuda --pairs 32 --batch 64 --repeats 5 \
+  --settings full_context "plain LM" "gradmem K=2" --out "$work/bench" \
+  || fail "bench.step_cost at the paper's shapes"
+stamp "step-cost table done"
+timeout 100 python -m bench.step_cost --suite capacity --scale gpu --device cuda --steps 3 --warmup 1 \
+  --max-seconds 20 --out "$work" || fail "step costs of capacity at gpu scale"
+mkdir -p results/step_costs && cp "$work"/step_costs/cuda-*.json results/step_costs/ 2>/dev/null
+python run_all.py --suite capacity --scale gpu --dry-run --device cuda | tail -3 || fail "dry run"
+stamp "step costs done"
+
+# 4. pack what comes back
+tar czf "$out/results.tgz" -C "$work" results bench step_costs smoke 2>/dev/null
+# resume points of the stopped runs, in suite order, as many as fit 4 pieces of 15 MiB
+# (what comes back from the machine: 8 files of at most 16 MiB, 64 MiB in all)
+keep=()
+for id in $(python -c "from harness.suite import expand_suite; print(' '.join(s.run_id for name in ('capacity', '$control') for s in expand_suite(name, 'shapes')))"); do
+  [ -f "$work/cache/checkpoints/$id/last.pt" ] || continue
+  keep+=("checkpoints/$id/last.pt")
+  size=$(cd "$work/cache" && tar cf - "${keep[@]}" | gzip -1 | wc -c)
+  if [ "$size" -gt $(( 60 * 1024 * 1024 )) ]; then unset 'keep[-1]'; stamp "left out the checkpoint of $id (size)"; fi
+done
+if [ "${#keep[@]}" -gt 0 ]; then
+  (cd "$work/cache" && tar cf - "${keep[@]}") | gzip -1 | split -b 15M - "$out/checkpoints.tgz.part-"
+fi
+ls -la "$out"
+stamp "total"
 exit "$status"

@@ -15,7 +15,7 @@ from harness.backbone import BackboneConfig
 from harness.errors import HarnessError
 from harness.typed import build, check_keys, describe_type, non_negative, type_ok
 
-SCALES = ("smoke", "cpu", "gpu", "paper")
+SCALES = ("smoke", "cpu", "shapes", "gpu", "paper")
 
 
 @dataclass

@@ -38,6 +38,9 @@ class KVRetrievalConfig:
     alphabet: int = 62          # paper format: first `alphabet` characters of a-z A-Z 0-9
     key_symbols: int = 16       # compact format: number of key symbols
     value_symbols: int = 16     # compact format: number of value symbols
+    train_key_overlap: float = 0.0  # training contexts only: chance that a key after the first is
+                                    # an earlier key with one symbol redrawn (a key matched on one
+                                    # symbol then fails; validation and test keep the plain draw)
 
     def validate(self, where):
         for key in ("pairs", "key_length", "value_length", "alphabet", "key_symbols", "value_symbols"):
@@ -45,6 +48,10 @@ class KVRetrievalConfig:
                 raise HarnessError(f"{where}.{key} = {getattr(self, key)!r} must be >= 1")
         if self.alphabet > len(PAPER_ALPHABET):
             raise HarnessError(f"{where}.alphabet = {self.alphabet} exceeds {len(PAPER_ALPHABET)} characters")
+        if not 0.0 <= self.train_key_overlap <= 1.0:
+            raise HarnessError(f"{where}.train_key_overlap = {self.train_key_overlap!r} must be in [0, 1]")
+        if self.train_key_overlap and self.key_length < 2:
+            raise HarnessError(f"{where}.train_key_overlap needs key_length >= 2 (keys of one symbol cannot share a part)")
         symbols = self.alphabet if self.format == "paper" else self.key_symbols
         distinct = symbols ** self.key_length
         if self.pairs > distinct:
@@ -93,12 +100,17 @@ class KVRetrieval(Task):
             queries = tuple(Query(" ".join(pairs[j][0]), " ".join(pairs[j][1])) for j in order)
         return Example(context, queries)
 
-    def _one(self, rng: random.Random) -> Example:
+    def _one(self, rng: random.Random, overlap: float = 0.0) -> Example:
         c = self.config
         keys: list[tuple[str, ...]] = []
         seen = set()
         while len(keys) < c.pairs:
-            key = tuple(rng.choice(self.key_symbols) for _ in range(c.key_length))
+            if keys and overlap and rng.random() < overlap:
+                key = list(rng.choice(keys))
+                key[rng.randrange(c.key_length)] = rng.choice(self.key_symbols)
+                key = tuple(key)
+            else:
+                key = tuple(rng.choice(self.key_symbols) for _ in range(c.key_length))
             if key not in seen:
                 seen.add(key)
                 keys.append(key)
@@ -113,8 +125,9 @@ class KVRetrieval(Task):
         rng = random.Random(f"kv_retrieval/{split}/{seed}")
         out: list[Example] = []
         attempts = 0
+        overlap = self.config.train_key_overlap if split == "train" else 0.0
         while len(out) < count:
-            example = self._one(rng)
+            example = self._one(rng, overlap)
             attempts += 1
             if split_of(example.context) == split:
                 out.append(example)

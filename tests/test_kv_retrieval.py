@@ -61,6 +61,38 @@ def test_impossible_tasks_are_rejected():
         make_task(alphabet=63)
 
 
+def shared_key_fraction(examples) -> float:
+    """Fraction of asked keys that share a character with another key of their context."""
+    shared = total = 0
+    for example in examples:
+        keys = [pair[:2] for pair in example.context.rstrip("|").split("!") if pair]
+        for key in keys:
+            shared += any(k != key and (k[0] == key[0] or k[1] == key[1]) for k in keys)
+            total += 1
+    return shared / total
+
+
+def test_train_key_overlap_makes_training_keys_share_characters_and_leaves_evaluation_alone():
+    plain, overlap = make_task(pairs=8), make_task(pairs=8, train_key_overlap=0.5)
+    for split in ("valid", "test"):
+        assert overlap.examples(split, 40, 0) == plain.examples(split, 40, 0)
+    train = overlap.examples("train", 200, 0)
+    for example in train:   # still unique keys, every key asked, the paper's format
+        keys = [pair[:2] for pair in example.context.rstrip("|").split("!") if pair]
+        assert len(set(keys)) == len(keys) == 8
+        assert sorted(q.text[2:4] for q in example.queries) == sorted(keys)
+    # at 62 symbols a plain draw shares a character for about 20% of keys at 8 pairs
+    assert shared_key_fraction(plain.examples("train", 200, 0)) < 0.3
+    assert shared_key_fraction(train) > 0.6
+
+
+def test_train_key_overlap_is_checked():
+    with pytest.raises(HarnessError, match="train_key_overlap"):
+        make_task(train_key_overlap=1.5)
+    with pytest.raises(HarnessError, match="key_length >= 2"):
+        make_task(format="compact", key_length=1, train_key_overlap=0.5)
+
+
 def test_exact_match_scores_value_characters_only(paper_task):
     example = paper_task.examples("test", 1, 0)[0]
     batch = collate([example], paper_task, 1)

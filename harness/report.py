@@ -189,6 +189,29 @@ def paper_table1_markdown() -> str:
     return wide.reset_index().rename(columns={"label": "method"}).to_markdown(index=False) + "\n"
 
 
+def table1_beside_paper_markdown(frame: pd.DataFrame, scale: str) -> str:
+    """Table 1 at one scale with the paper's rows of the same methods under it, in the columns
+    (pairs) this scale has: our cells (mean ± 95% interval) and the paper's (mean ± std)."""
+    table = capacity_frame(frame[frame["suite"] == "capacity"]) if not frame.empty else frame
+    table = table[table["scale"] == scale] if not table.empty else table
+    if table.empty:
+        return f"_no capacity results at scale {scale}_\n"
+    ours = _wide(table, "task.pairs", lambda c: f"{int(c)} pairs")
+    ours.insert(0, "source", f"harness, {scale} scale")
+    ours_labels = set(ours.index)   # a paper row stands under ours of its label, or of its label + options
+    paper = paper_table1()
+    shown = paper["label"].map(lambda p: any(l == p or l.startswith(p + " + ") for l in ours_labels))
+    paper = paper[shown & paper["pairs"].isin(table["task.pairs"].unique())]
+    paper = paper.assign(cell=[f"{m:.1f} ± {s:.1f}" for m, s in zip(paper.em_mean, paper.em_std)])
+    theirs = paper.pivot(index="label", columns="pairs", values="cell").fillna("")
+    theirs.columns = [f"{int(c)} pairs" for c in theirs.columns]
+    theirs.insert(0, "source", "paper (mean ± std)")
+    both = pd.concat([ours, theirs]).fillna("")
+    both = both[["source", *[c for c in ours.columns if c != "source"]]]
+    return both.reset_index().rename(columns={"index": "method", "label": "method"}).to_markdown(
+        index=False, disable_numparse=True) + "\n" + _notes(table)
+
+
 def final_stage(frame: pd.DataFrame) -> pd.DataFrame:
     """Each run's rows of its last curriculum stage."""
     last = frame.groupby("run_id")["stage"].transform("max")

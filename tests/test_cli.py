@@ -329,3 +329,30 @@ def test_a_run_another_process_is_training_is_skipped_and_left_alone(tmp_path):
     assert outcome.status == "skipped" and outcome.error == "running in another process"
     assert not (tmp_path / "results").exists()
     assert runner.execute_run(spec, tmp_path / "results", cache_dir=cache, progress=False).status == "finished"
+
+
+def test_every_shipped_suite_expands_at_every_scale_it_defines():
+    from pathlib import Path
+
+    from harness.errors import HarnessError
+    from harness.suite import expand_suite, load_suite
+    for path in sorted(Path("harness/suites").glob("*.yaml")):
+        data = load_suite(path.stem)
+        if data.get("kind") == "latency":
+            continue
+        for scale in data.get("scales") or {}:
+            try:
+                assert expand_suite(path.stem, scale), (path.stem, scale)
+            except HarnessError as error:   # what is not on disk offline: pretrained weights, SQuAD
+                assert "pretrained backbone" in str(error) or "nothing is downloaded" in str(error), \
+                    (path.stem, scale, error)
+
+
+def test_paper_format_scales_train_on_overlapping_keys_after_a_plain_first_stage():
+    from harness.suite import expand_suite
+    for suite, scale in [("capacity", "shapes"), ("capacity", "gpu"), ("memsize", "gpu")]:
+        for spec in expand_suite(suite, scale):
+            assert spec.task["format"] == "paper" and spec.task["train_key_overlap"] == 0.5
+            first, *later = spec.train["curriculum"]
+            assert first == {"pairs": 2, "train_key_overlap": 0.0}
+            assert all("train_key_overlap" not in stage for stage in later)

@@ -13,7 +13,7 @@ from harness.contract import Memory, Method
 from harness.describe import describe_spec, describe_summaries
 from harness.errors import HarnessError
 from harness.report import (COLLAPSE_NOTE, capacity, paper_fig4a_markdown, paper_table1, steps_markdown,
-                            table1_markdown, table2_markdown, tuning_markdown)
+                            table1_beside_paper_markdown, table1_markdown, table2_markdown, tuning_markdown)
 from plots.__main__ import main as plots_main
 from tests.test_cli import TINY
 
@@ -58,6 +58,20 @@ def test_cells_give_the_95_percent_t_interval_over_seeds(tmp_path):
     assert "| gradmem K=2 |" in markdown.replace("  ", "")
     assert "95.0 ± 12.4" in markdown          # 4.3027 * 5.0 / sqrt(3) = 12.42
     assert "95% interval" in markdown and "Student t" in markdown
+
+
+def test_table1_beside_the_paper_shows_the_papers_rows_of_our_methods_in_our_columns(tmp_path):
+    write_summary(tmp_path, {"name": "gradmem", "write_steps": 2}, 0, [(4, {"2": 0.99}, False), (8, {"2": 0.97}, False)])
+    write_summary(tmp_path, {"name": "rmt", "write_passes": 1, "reconstruction_weight": 1.0}, 0,
+                  [(4, {"1": 0.6}, False), (8, {"1": 0.3}, False)])
+    markdown = table1_beside_paper_markdown(store.load(tmp_path), "cpu")
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): [c.strip() for c in line.split("|")[3:-1]]
+            for line in markdown.splitlines() if line.startswith("| ") and "---" not in line}
+    assert rows[("gradmem K=2", "harness, cpu scale")] == ["99.0", "97.0"]
+    assert rows[("gradmem K=2", "paper (mean ± std)")] == ["100.0 ± 0.0", "100.0 ± 0.0"]   # paper Table 1, 4 / 8 pairs
+    assert rows[("rmt x1", "paper (mean ± std)")] == ["100.0 ± 0.0", "100.0 ± 0.0"]        # under our rmt x1 + recon
+    assert not any(method in ("full_context", "gradmem K=5", "rmt x2") for method, _ in rows)  # not in our table
+    assert "16 pairs" not in markdown                                                       # our columns only
 
 
 def test_single_seed_cells_and_missing_seeds_say_so(tmp_path):

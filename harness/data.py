@@ -37,6 +37,7 @@ class Codec:
             "text": pre_tokenizers.Whitespace(),                             # words and punctuation
         }[level]
         self.id_to_token = {i: t for t, i in vocab.items()}
+        self.vocab = vocab
         self.pad_id = vocab["<pad>"]
         self.unk_id = vocab["<unk>"]
 
@@ -45,10 +46,15 @@ class Codec:
         return len(self.id_to_token)
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text).ids if text else []
+        return self.encode_batch([text])[0]
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self.tokenizer.encode_batch(list(texts))]
+        if self.level == "char" and not any("\n" in text for text in texts):
+            # what the tokenizer computes (one token per character), without its per-call overhead
+            # (it was most of a GPU training step at the paper's KV shapes); `.` skips newlines
+            lookup, unk = self.vocab.get, self.unk_id
+            return [[lookup(ch, unk) for ch in text] for text in texts]
+        return [e.ids if text else [] for text, e in zip(texts, self.tokenizer.encode_batch(list(texts)))]
 
     def decode(self, ids: Sequence[int]) -> str:
         tokens = [self.id_to_token[int(i)] for i in ids if int(i) != self.pad_id]
@@ -99,13 +105,13 @@ class Batch:
 
 
 def _pad(rows: list[list[int]], pad_id: int, min_len: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    length = max([min_len, *map(len, rows)])
-    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), length), dtype=torch.bool)
-    for i, row in enumerate(rows):
-        ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, :len(row)] = True
-    return ids, mask
+    """Right-padded (N, L) ids and their mask, built in one tensor call (a call per row made
+    collation the slowest part of a GPU training step)."""
+    lengths = [len(row) for row in rows]
+    length = max([min_len, *lengths])
+    ids = torch.tensor([list(row) + [pad_id] * (length - len(row)) for row in rows], dtype=torch.long)
+    mask = torch.arange(length)[None, :] < torch.tensor(lengths, dtype=torch.long)[:, None]
+    return ids.reshape(len(rows), length), mask
 
 
 def selected_queries(example: Example, queries_per_context: int | str) -> tuple:
@@ -117,20 +123,22 @@ def collate(examples: Sequence[Example], task, queries_per_context: int | str = 
     """Tokenise a list of examples; keeps the first `queries_per_context` queries of each."""
     codec = task.tokenizer
     contexts = codec.encode_batch([e.context for e in examples])
-    reads, targets, scores, index = [], [], [], []
+    asked, index = [], []
     for i, example in enumerate(examples):
         queries = selected_queries(example, queries_per_context)
         if not queries:
             raise ValueError("an example has no query")
-        space = " " if getattr(codec, "space_before_target", False) else ""
-        for query in queries:
-            query_ids, target_ids = codec.encode(query.text), codec.encode(space + query.target)
-            if not query_ids or not target_ids:
-                raise ValueError(f"empty query or target in {query!r}")
-            reads.append(query_ids + target_ids)
-            targets.append([False] * len(query_ids) + [True] * len(target_ids))
-            scores.append([False] * len(query_ids) + list(task.score_mask(target_ids)))
-            index.append(i)
+        asked += queries
+        index += [i] * len(queries)
+    space = " " if getattr(codec, "space_before_target", False) else ""
+    reads, targets, scores = [], [], []
+    for query, query_ids, target_ids in zip(asked, codec.encode_batch([q.text for q in asked]),
+                                            codec.encode_batch([space + q.target for q in asked])):
+        if not query_ids or not target_ids:
+            raise ValueError(f"empty query or target in {query!r}")
+        reads.append(query_ids + target_ids)
+        targets.append([False] * len(query_ids) + [True] * len(target_ids))
+        scores.append([False] * len(query_ids) + list(task.score_mask(target_ids)))
     context_ids, context_mask = _pad(contexts, codec.pad_id)
     read_ids, read_mask = _pad(reads, codec.pad_id)
     target_mask = _pad([[int(t) for t in row] for row in targets], 0)[0].bool()

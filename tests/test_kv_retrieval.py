@@ -144,3 +144,12 @@ def test_evaluation_reports_the_write_loss_per_step_and_role(paper_task):
     assert len(metrics["0"]["inner_loss"]) == 1 and len(metrics["2"]["inner_loss_key"]) == 3
     assert metrics["2"]["inner_loss_value"][0] == metrics["0"]["inner_loss_value"][0]
     assert set(metrics["2"]) >= {"exact_match", "token_accuracy", "inner_loss", "inner_loss_key", "inner_loss_value"}
+
+
+def test_character_codec_encodes_as_its_tokenizer_does(paper_task):
+    codec = paper_task.tokenizer
+    texts = ["!ab:cd!!ef:gh!|", "?!ab:", "", "a~b", "ab\ncd", "x\n\ny"]   # unknown characters, newlines
+    expected = [codec.tokenizer.encode(t).ids if t else [] for t in texts]
+    assert codec.encode_batch(texts) == expected
+    assert [codec.encode(t) for t in texts] == expected
+    assert codec.unk_id in expected[3]

@@ -140,7 +140,7 @@ def main(argv=None) -> int:
             registry.load_plugin(plugin)
         registry.discover()
         device = resolve_device(args.device)
-        scale = resolve_scale(args.scale, device)
+        scale = resolve_scale(args.scale, device, args.suite)
         methods = [m for m in (args.methods or "").split(",") if m] or None
         specs = matching(expand_suite(args.suite, scale, methods), args.match,
                          lambda s: f"{s.label()} {s.task_label()}", f"run of suite {args.suite} at scale {scale}")

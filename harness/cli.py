@@ -109,7 +109,7 @@ def main(argv=None) -> int:
             raise HarnessError("no --suite given; valid: " + ", ".join(registry.suite_names()))
         from harness.runner import resolve_device, resolve_scale, run_specs
         device = resolve_device(args.device)
-        scale = resolve_scale(args.scale, device)
+        scale = resolve_scale(args.scale, device, args.suite)
         if args.jobs < 1:
             raise HarnessError(f"--jobs = {args.jobs} must be >= 1")
         methods = [m for m in (args.methods or "").split(",") if m] or None

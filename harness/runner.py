@@ -48,9 +48,13 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def resolve_scale(name: str, device: str) -> str:
-    """A suite scale; `auto` is gpu on a CUDA device, else cpu (never paper)."""
-    scale = name if name != "auto" else ("gpu" if device == "cuda" else "cpu")
+def resolve_scale(name: str, device: str, suite: str | None = None) -> str:
+    """A suite scale; `auto` is gpu on a CUDA device when the suite has a gpu scale, else cpu
+    (never paper)."""
+    if name == "auto":
+        from harness.suite import suite_scales
+        name = "gpu" if device == "cuda" and (suite is None or "gpu" in suite_scales(suite)) else "cpu"
+    scale = name
     if scale not in SCALES:
         raise HarnessError(f"unknown scale {scale!r}; valid: auto, {', '.join(SCALES)}")
     return scale

@@ -104,6 +104,11 @@ def load_suite(name: str) -> dict:
     return data
 
 
+def suite_scales(name: str) -> list[str]:
+    """The scales a suite defines (none listed: any scale runs its base)."""
+    return list(load_suite(name).get("scales") or {})
+
+
 def expand_suite(name: str, scale: str, methods: list[str] | None = None,
                  seeds: int | None = None, data_dir: str | None = None) -> list[RunSpec]:
     """All runs of a suite at a scale, resolved and validated (nothing is written).
@@ -115,7 +120,10 @@ def expand_suite(name: str, scale: str, methods: list[str] | None = None,
     data = load_suite(name)
     if data.get("kind") == "latency":
         raise HarnessError(f"suite {name} is a latency suite (no training): run it with run_all.py --suite {name}")
-    scale_body = (data.get("scales") or {}).get(scale) or {}
+    defined = data.get("scales") or {}
+    if defined and scale not in defined:   # else its base would run under that scale's name
+        raise HarnessError(f"suite {name} has no {scale} scale; its scales: {', '.join(defined)}")
+    scale_body = defined.get(scale) or {}
     base = deep_merge(data.get("base") or {}, scale_body.get("base") or {})
     check_keys(base, SECTIONS, f"suite {name} base")
     runs = scale_body.get("runs", data.get("runs")) or [{}]

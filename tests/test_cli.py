@@ -356,3 +356,12 @@ def test_paper_format_scales_train_on_overlapping_keys_after_a_plain_first_stage
             first, *later = spec.train["curriculum"]
             assert first == {"pairs": 2, "train_key_overlap": 0.0}
             assert all("train_key_overlap" not in stage for stage in later)
+
+
+def test_a_scale_the_suite_does_not_define_exits_2_and_auto_picks_gpu_only_where_defined(capsys):
+    from harness.runner import resolve_scale
+    assert main(["--suite", "steps", "--scale", "shapes", "--dry-run"]) == 2
+    assert "suite steps has no shapes scale" in capsys.readouterr().err
+    assert resolve_scale("auto", "cuda", "babi") == "cpu"        # babi has no gpu scale
+    assert resolve_scale("auto", "cuda", "capacity") == "gpu"
+    assert resolve_scale("auto", "cpu", "capacity") == "cpu"

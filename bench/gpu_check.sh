@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # GPU check, for a lent GPU machine (one call of about 9 minutes on one H100):
-#   1. `capacity` at `shapes` scale (the paper's KV shapes up to 16 pairs, 4 runs) and a
-#      full-context control probe train on CUDA
-#      in the background, time-boxed to TRAIN_SECONDS (default 280) from its start; finished runs keep their
+#   1. `capacity` at `shapes` scale (the paper's KV shapes up to 16 pairs, 4 runs) and two
+#      control probes train on CUDA in the background, time-boxed to TRAIN_SECONDS (default
+#      280) from its start (resuming from RESUME_DIR when given); finished runs keep their
 #      results, unfinished ones their resume checkpoint (a later `run_all.py` resumes them, on
 #      any device);
 #   2. meanwhile the smoke suite on CUDA, one run at a time, stopping at the first failed run;
@@ -10,9 +10,11 @@
 #      (full context's one-pass step against one plain forward/backward of the same model) and
 #      the step costs of `capacity` at gpu scale (results/step_costs/cuda-<gpu>.json), then the
 #      dry run's estimate from them.
-# Everything it writes goes to $OUT (default /tmp/gpu_check): gpu_check.log, results.tgz (run
-# results, the step-cost record and benchmark), checkpoints.tgz.part-* (resume points of the
-# runs the time box stopped, split in 15 MiB pieces; `cat` them back together).
+# Everything it writes goes to $OUT (default /tmp/gpu_check): gpu_check.log, shapes_train.log,
+# results.tgz (step-cost record and benchmark, smoke results), runs.tgz (the shapes runs'
+# results), checkpoints.tgz.part-* (resume points of the runs the time box stopped, split in
+# 15 MiB pieces: `cat` them together, untar next to runs.tgz's results/ and carry that folder
+# as RESUME_DIR in the next check, or pass it to run_all.py as --out DIR/results --cache DIR).
 # Exit code: 0 when every part passed, else 1 (the log names each failure).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +25,9 @@ if ! command -v python >/dev/null; then   # images that name it python3 only
 fi
 out="${OUT:-/tmp/gpu_check}"
 work=/tmp/gpu_check_work
+# RESUME_DIR: a carried folder (ignored by git, named in the device tool's `carry`) holding
+# results/ and checkpoints/ of shapes runs an earlier check stopped: they resume from it
+runs="${RESUME_DIR:-$work/runs}"
 train_seconds="${TRAIN_SECONDS:-280}"
 mkdir -p "$out" "$work"
 exec > >(tee "$out/gpu_check.log") 2>&1
@@ -41,9 +46,9 @@ deadline=$(( $(date +%s) + train_seconds ))
 # beside them the controls (full context, GradMem K=2) without the overlapping training keys (a probe)
 control=results/probes/kv_paper_full_context/plain_keys_shapes.yaml
 setsid bash -c "python run_all.py --suite capacity --scale shapes --device cuda --jobs 4 \
-    --out '$work/results' --cache '$work/cache' --quiet & \
+    --out '$runs/results' --cache '$runs' --quiet & \
   python run_all.py --suite $control --scale shapes --device cuda --jobs 2 \
-    --out '$work/results' --cache '$work/cache' --quiet & wait" >"$out/shapes_train.log" 2>&1 &
+    --out '$runs/results' --cache '$runs' --quiet & wait" >"$out/shapes_train.log" 2>&1 &
 train_pid=$!
 
 # 2. smoke on cuda, one run at a time (its label), the first failure stops it
@@ -77,7 +82,7 @@ if kill -0 "$train_pid" 2>/dev/null; then
 fi
 wait "$train_pid"
 stamp "shapes training stopped (exit code $?)"
-python - "$work/results" <<'PY' || fail "reading the shapes results"
+python - "$runs/results" <<'PY' || fail "reading the shapes results"
 import json, sys
 from pathlib import Path
 for metrics in sorted(Path(sys.argv[1]).glob("*/*/metrics.jsonl")):
@@ -101,18 +106,19 @@ python run_all.py --suite capacity --scale gpu --dry-run --device cuda | tail -3
 stamp "step costs done"
 
 # 4. pack what comes back
-tar czf "$out/results.tgz" -C "$work" results bench step_costs smoke 2>/dev/null
+tar czf "$out/results.tgz" -C "$work" bench step_costs smoke 2>/dev/null
+tar czf "$out/runs.tgz" -C "$runs" results 2>/dev/null
 # resume points of the stopped runs, in suite order, as many as fit 4 pieces of 15 MiB
 # (what comes back from the machine: 8 files of at most 16 MiB, 64 MiB in all)
 keep=()
 for id in $(python -c "from harness.suite import expand_suite; print(' '.join(s.run_id for name in ('capacity', '$control') for s in expand_suite(name, 'shapes')))"); do
-  [ -f "$work/cache/checkpoints/$id/last.pt" ] || continue
+  [ -f "$runs/checkpoints/$id/last.pt" ] || continue
   keep+=("checkpoints/$id/last.pt")
-  size=$(cd "$work/cache" && tar cf - "${keep[@]}" | gzip -1 | wc -c)
+  size=$(cd "$runs" && tar cf - "${keep[@]}" | gzip -1 | wc -c)
   if [ "$size" -gt $(( 60 * 1024 * 1024 )) ]; then unset 'keep[-1]'; stamp "left out the checkpoint of $id (size)"; fi
 done
 if [ "${#keep[@]}" -gt 0 ]; then
-  (cd "$work/cache" && tar cf - "${keep[@]}") | gzip -1 | split -b 15M - "$out/checkpoints.tgz.part-"
+  (cd "$runs" && tar cf - "${keep[@]}") | gzip -1 | split -b 15M - "$out/checkpoints.tgz.part-"
 fi
 ls -la "$out"
 stamp "total"

@@ -110,12 +110,15 @@ tar czf "$out/results.tgz" -C "$work" bench step_costs smoke 2>/dev/null
 tar czf "$out/runs.tgz" -C "$runs" results 2>/dev/null
 # resume points of the stopped runs, in suite order, as many as fit 4 pieces of 15 MiB
 # (what comes back from the machine: 8 files of at most 16 MiB, 64 MiB in all)
+# (each compressed once to size it: 64 KiB of slack per file covers the tar headers)
 keep=()
+total=0
 for id in $(python -c "from harness.suite import expand_suite; print(' '.join(s.run_id for name in ('capacity', '$control') for s in expand_suite(name, 'shapes')))"); do
   [ -f "$runs/checkpoints/$id/last.pt" ] || continue
+  size=$(( $(gzip -1 -c "$runs/checkpoints/$id/last.pt" | wc -c) + 65536 ))
+  if [ $(( total + size )) -gt $(( 60 * 1024 * 1024 )) ]; then stamp "left out the checkpoint of $id (size)"; continue; fi
   keep+=("checkpoints/$id/last.pt")
-  size=$(cd "$runs" && tar cf - "${keep[@]}" | gzip -1 | wc -c)
-  if [ "$size" -gt $(( 60 * 1024 * 1024 )) ]; then unset 'keep[-1]'; stamp "left out the checkpoint of $id (size)"; fi
+  total=$(( total + size ))
 done
 if [ "${#keep[@]}" -gt 0 ]; then
   (cd "$runs" && tar cf - "${keep[@]}") | gzip -1 | split -b 15M - "$out/checkpoints.tgz.part-"

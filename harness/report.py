@@ -144,11 +144,16 @@ def _wide(table: pd.DataFrame, column: str, names) -> pd.DataFrame:
     return wide
 
 
+def _capacity_at(frame: pd.DataFrame, scale: str) -> pd.DataFrame:
+    """capacity_frame of the capacity suite's runs at one scale (empty when there are none)."""
+    table = capacity_frame(frame[frame["suite"] == "capacity"]) if not frame.empty else frame
+    return table[table["scale"] == scale] if not table.empty else table
+
+
 def table1_markdown(frame: pd.DataFrame, scale: str) -> str:
     """Exact match (%) per method and pairs of the capacity suite at one scale: mean ± 95% interval
     over seeds, collapsed runs marked, with the notes saying so."""
-    table = capacity_frame(frame[frame["suite"] == "capacity"]) if not frame.empty else frame
-    table = table[table["scale"] == scale] if not table.empty else table
+    table = _capacity_at(frame, scale)
     if table.empty:
         return f"_no capacity results at scale {scale}_\n"
     wide = _wide(table, "task.pairs", lambda c: f"{int(c)} pairs")
@@ -182,18 +187,23 @@ def paper_table1() -> pd.DataFrame:
 
 def paper_table1_markdown() -> str:
     """The paper's Table 1 in the same layout (mean ± std over 3 runs, as the paper gives it)."""
-    paper = paper_table1()
-    paper["cell"] = [f"{m:.1f} ± {s:.1f}" for m, s in zip(paper.em_mean, paper.em_std)]
-    wide = paper.pivot(index="label", columns="pairs", values="cell").fillna("")
-    wide.columns = [f"{c} pairs" for c in wide.columns]
+    wide = _paper_wide(paper_table1())
     return wide.reset_index().rename(columns={"label": "method"}).to_markdown(index=False) + "\n"
+
+
+def _paper_wide(paper: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the paper's Table 1 pivoted to one row per label, one 'N pairs' column per pairs,
+    cells 'mean ± std'."""
+    paper = paper.assign(cell=[f"{m:.1f} ± {s:.1f}" for m, s in zip(paper.em_mean, paper.em_std)])
+    wide = paper.pivot(index="label", columns="pairs", values="cell").fillna("")
+    wide.columns = [f"{int(c)} pairs" for c in wide.columns]
+    return wide
 
 
 def table1_beside_paper_markdown(frame: pd.DataFrame, scale: str) -> str:
     """Table 1 at one scale with the paper's rows of the same methods under it, in the columns
     (pairs) this scale has: our cells (mean ± 95% interval) and the paper's (mean ± std)."""
-    table = capacity_frame(frame[frame["suite"] == "capacity"]) if not frame.empty else frame
-    table = table[table["scale"] == scale] if not table.empty else table
+    table = _capacity_at(frame, scale)
     if table.empty:
         return f"_no capacity results at scale {scale}_\n"
     ours = _wide(table, "task.pairs", lambda c: f"{int(c)} pairs")
@@ -201,10 +211,7 @@ def table1_beside_paper_markdown(frame: pd.DataFrame, scale: str) -> str:
     ours_labels = set(ours.index)   # a paper row stands under ours of its label, or of its label + options
     paper = paper_table1()
     shown = paper["label"].map(lambda p: any(l == p or l.startswith(p + " + ") for l in ours_labels))
-    paper = paper[shown & paper["pairs"].isin(table["task.pairs"].unique())]
-    paper = paper.assign(cell=[f"{m:.1f} ± {s:.1f}" for m, s in zip(paper.em_mean, paper.em_std)])
-    theirs = paper.pivot(index="label", columns="pairs", values="cell").fillna("")
-    theirs.columns = [f"{int(c)} pairs" for c in theirs.columns]
+    theirs = _paper_wide(paper[shown & paper["pairs"].isin(table["task.pairs"].unique())])
     theirs.insert(0, "source", "paper (mean ± std)")
     both = pd.concat([ours, theirs]).fillna("")
     both = both[["source", *[c for c in ours.columns if c != "source"]]]

@@ -54,10 +54,9 @@ def resolve_scale(name: str, device: str, suite: str | None = None) -> str:
     if name == "auto":
         from harness.suite import suite_scales
         name = "gpu" if device == "cuda" and (suite is None or "gpu" in suite_scales(suite)) else "cpu"
-    scale = name
-    if scale not in SCALES:
-        raise HarnessError(f"unknown scale {scale!r}; valid: auto, {', '.join(SCALES)}")
-    return scale
+    if name not in SCALES:
+        raise HarnessError(f"unknown scale {name!r}; valid: auto, {', '.join(SCALES)}")
+    return name
 
 
 def build_run(spec: RunSpec):

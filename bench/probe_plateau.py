@@ -1,12 +1,15 @@
-"""Probe: does a method leave the value-set plateau of KV retrieval in its first stage?
+"""Probe: does a method leave the plateau of a suite's first curriculum stage?
 
 Trains one method of a suite (default: RMT x1 of `capacity` at cpu scale) on one curriculum
-stage with method / train overrides, and prints the validation exact match every evaluation,
-the written memory's RMS against the token embeddings', and one JSON line per run.
+stage (default: the suite's first; `--stage` sets the stage's task settings) with method /
+train / backbone overrides, and prints one JSON line per run: the validation exact match every
+evaluation, the written memory's RMS against the token embeddings'.
 
     python -m bench.probe_plateau --method rmt --set memory_source=residual --seeds 0 1 2
-    python -m bench.probe_plateau --method rmt --set reconstruction_weight=1.0 --pairs 4 \
+    python -m bench.probe_plateau --method rmt --set reconstruction_weight=1.0 --stage pairs=4 \
         --backbone layers=4 hidden=128 ffn=512   # the paper's backbone shape
+    python -m bench.probe_plateau --suite babi --method gradmem --match write_steps=2 \
+        --set inner_lr=0.4 --steps 1500      # bAbI QA1, 2-statement stories
 """
 from __future__ import annotations
 
@@ -33,19 +36,21 @@ def parse_value(text: str):
 
 def probe(args, seed: int) -> dict:
     registry.discover()
-    spec = next(s for s in expand_suite(args.suite, args.scale, methods=[args.method]))
+    spec = next(s for s in expand_suite(args.suite, args.scale, methods=[args.method])
+                if all(text in s.label() + " " + s.task_label() for text in args.match))
+    stage = {**(spec.train.get("curriculum") or [{}])[0], **dict(args.stage_set)}
     base = {**spec.method, "reconstruction_weight": 0.0} if "reconstruction_weight" in spec.method else spec.method
     method = {**base, **dict(args.method_set)}   # the plain method unless --set asks for the loss
     spec.method = resolve_section("method", method, "probe method")
     spec.backbone = resolve_section("backbone", {**spec.backbone, **dict(args.backbone_set)}, "probe backbone")
-    train = {**spec.train, "curriculum": [{"pairs": args.pairs}], "steps": args.steps, "stage_steps": args.steps,
+    train = {**spec.train, "curriculum": [stage], "steps": args.steps, "stage_steps": args.steps,
              "advance_em": 1.01, "target_em": 1.01, "patience": None, "eval_every": args.eval_every,
              **dict(args.train_set)}
     spec.train = resolve_section("train", train, "probe train")
     spec.seed = seed
     seed_everything(seed)
     task, method_module = build_run(spec)
-    stage_task = task.with_params(pairs=args.pairs)
+    stage_task = task.with_params(**stage)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(method_module, stage_task, build(TrainConfig, spec.train, "train"),
                           build(EvalConfig, spec.eval, "eval"), seed, "cpu", Path(tmp) / "m.jsonl", None,
@@ -61,7 +66,7 @@ def probe(args, seed: int) -> dict:
         emb_rms = method_module.backbone.embed(batch.context_ids).pow(2).mean().sqrt().item()
     return {"method": spec.method, "train": {k: spec.train[k] for k in ("lr", "warmup_steps")},
             "backbone": {k: spec.backbone[k] for k in ("layers", "hidden", "heads", "ffn")},
-            "pairs": args.pairs, "seed": seed,
+            "stage": stage, "seed": seed,
             "valid_em": [round(r["valid_em"], 3) for r in curve], "loss": [round(r["loss"], 3) for r in curve],
             "best_em": max(r["valid_em"] for r in curve),
             "memory_rms": None if state is None else round(state.pow(2).mean().sqrt().item(), 4),
@@ -76,7 +81,9 @@ def main(argv=None):
     parser.add_argument("--set", dest="method_set", nargs="*", default=[], type=lambda t: (t.split("=")[0], parse_value(t.split("=", 1)[1])))
     parser.add_argument("--train", dest="train_set", nargs="*", default=[], type=lambda t: (t.split("=")[0], parse_value(t.split("=", 1)[1])))
     parser.add_argument("--backbone", dest="backbone_set", nargs="*", default=[], type=lambda t: (t.split("=")[0], parse_value(t.split("=", 1)[1])))
-    parser.add_argument("--pairs", type=int, default=2)
+    parser.add_argument("--match", nargs="*", default=[], help="texts the probed run's label or task contains")
+    parser.add_argument("--stage", dest="stage_set", nargs="*", default=[], type=lambda t: (t.split("=")[0], parse_value(t.split("=", 1)[1])),
+                        help="task settings of the probed stage (default: the suite's first curriculum stage)")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])

@@ -32,20 +32,12 @@ class PrefixMemoryConfig:
     memory_size: int = 8
     memory_map: bool = True     # learned linear map on the memory input, identity init
     init_std: float = 0.02      # std of the learned initial memory M0
+    reconstruction_weight: float = 0.0  # training only: add this times the cross-entropy of the
+                                # context read back from the written memory (the official RMT
+                                # code's reconstruction loss); the write itself is unchanged
 
     def validate(self, where):
         check_memory_size(where, self.memory_size)
-
-
-@dataclass
-class ForwardWriterConfig(PrefixMemoryConfig):
-    """RMT and ARMT: memory written by forward passes."""
-    reconstruction_weight: float = 0.0  # training only: add this times the cross-entropy of the
-                                # context read back from the memory (the official RMT code's
-                                # reconstruction loss); the write itself is unchanged
-
-    def validate(self, where):
-        super().validate(where)
         non_negative(where, reconstruction_weight=self.reconstruction_weight)
 
 

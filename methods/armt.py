@@ -55,11 +55,11 @@ from torch import nn
 from harness.contract import Memory
 from harness.errors import HarnessError
 from harness.registry import register_method
-from methods._prefix import ForwardWriterConfig, PrefixMemoryMethod, write_slot_sequence
+from methods._prefix import PrefixMemoryConfig, PrefixMemoryMethod, write_slot_sequence
 
 
 @dataclass
-class ARMTConfig(ForwardWriterConfig):
+class ARMTConfig(PrefixMemoryConfig):
     d_mem: int = 64          # key / query width before DPFP
     nu: int = 3              # DPFP order: features = 2 * d_mem * nu
     memory_map: bool = False

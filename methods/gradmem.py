@@ -23,7 +23,7 @@ from harness.contract import Memory
 from harness.errors import HarnessError
 from harness.pipeline import at_least_fp32
 from harness.registry import register_method
-from methods._prefix import PrefixMemoryConfig, PrefixMemoryMethod
+from methods._prefix import PrefixMemoryConfig, PrefixMemoryMethod, reconstruction_suffix
 
 
 @dataclass
@@ -139,7 +139,8 @@ class GradMem(PrefixMemoryMethod):
         log = {"inner_loss": [l.mean().item() for l in losses],      # at M_0 .. M_K (M_K: evaluation only)
                "grad_norm": [g.mean().item() for g in grad_norms],
                "token_loss": token_losses}
-        return Memory(state=memory, floats=self.memory_floats(), log=log)
+        return self.with_reconstruction(Memory(state=memory, floats=self.memory_floats(), log=log),
+                                        context_ids, context_mask)
 
     def eval_write_settings(self):
         return [self.config.write_steps]
@@ -150,9 +151,9 @@ class GradMem(PrefixMemoryMethod):
 
     @classmethod
     def display_label(cls, config):
-        """'gradmem K=2', 'gradmem 1st-order K=1', 'gradmem no-meta K=1'."""
+        """'gradmem K=2', 'gradmem 1st-order K=1', 'gradmem no-meta K=1', 'gradmem K=1 + recon'."""
         prefix = {"first": f"{cls.name} 1st-order", "none": f"{cls.name} no-meta"}.get(config.order, cls.name)
-        return f"{prefix} K={config.write_steps}"
+        return f"{prefix} K={config.write_steps}{reconstruction_suffix(config)}"
 
     @classmethod
     def write_axis(cls, config):

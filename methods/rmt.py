@@ -17,11 +17,11 @@ import torch
 from harness.contract import Memory
 from harness.errors import HarnessError
 from harness.registry import register_method
-from methods._prefix import ForwardWriterConfig, PrefixMemoryMethod, reconstruction_suffix, write_slot_sequence
+from methods._prefix import PrefixMemoryConfig, PrefixMemoryMethod, reconstruction_suffix, write_slot_sequence
 
 
 @dataclass
-class RMTConfig(ForwardWriterConfig):
+class RMTConfig(PrefixMemoryConfig):
     write_passes: int = 1       # the paper's "RMT xK": 1..5
     residual: bool = False      # new memory = previous + written states
     memory_source: Literal["final", "residual"] = "final"  # last-layer states after the final

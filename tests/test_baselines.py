@@ -171,10 +171,35 @@ def test_armt_read_changes_with_the_written_association(slot_update, compact_tas
     with_memory = method.read(memory, batch.read_ids, batch.read_mask)
     without = method.read(zero, batch.read_ids, batch.read_mask)
     assert not torch.allclose(with_memory, without)
-    assert method._action is None  # hooks are inert outside write/read
+    assert method._reading is None and method._capturing is None  # hooks are inert outside write/read
     plain = method.backbone.lm_head(method.prefix_hidden(
         method.initial_memory.expand(2, -1, -1), batch.read_ids))
     assert torch.allclose(plain, without)
+
+
+def test_armt_segments_write_each_context_on_its_own_one_segment_after_another(compact_task):
+    """segment_length = 2 (one compact pair): a padded batch writes what each context gives alone,
+    segment by segment; a context that ended keeps its memory; one long segment = the default."""
+    method = make_method("armt", compact_task, torch.float64, memory_size=2, d_mem=4, nu=2, segment_length=2).eval()
+    examples = compact_task.examples("test", 2, 0)
+    examples[0] = type(examples[0])(" ".join(examples[0].context.split()[:2]), examples[0].queries)
+    batch = collate(examples, compact_task, 1)
+    assert batch.context_mask.sum(1).tolist() == [2, 2 * compact_task.config.pairs]
+    state = method.write(batch.context_ids, batch.context_mask).state
+    for row in range(2):
+        ids = batch.context_ids[row, batch.context_mask[row].bool()][None]
+        alone, first = None, None
+        for start in range(0, ids.shape[1], 2):
+            alone = method.write_segment(ids[:, start:start + 2], torch.tensor([2]), alone)
+            first = alone if first is None else first
+        for key in ("matrix", "normaliser"):
+            assert torch.allclose(state[key][row], alone[key][0], rtol=0, atol=1e-10)
+    assert not torch.allclose(state["matrix"][1], first["matrix"][0])   # the second pair was written too
+    whole = make_method("armt", compact_task, torch.float64, memory_size=2, d_mem=4, nu=2, segment_length=64).eval()
+    default = make_method("armt", compact_task, torch.float64, memory_size=2, d_mem=4, nu=2).eval()
+    whole.load_state_dict(default.state_dict())
+    assert torch.allclose(whole.write(batch.context_ids, batch.context_mask).state["matrix"],
+                          default.write(batch.context_ids, batch.context_mask).state["matrix"], rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["gradmem", "rmt", "armt"])

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import hashlib
 import json
 import logging
 import math
@@ -46,6 +45,7 @@ from harness.suite import check_suite_keys, deep_merge, read_suite_file
 from harness.typed import build, positive
 from harness.data import Batch
 from harness.errors import ContractError, HarnessError
+from harness.ids import content_id
 
 log = logging.getLogger(__name__)
 
@@ -230,8 +230,7 @@ class Cell:
 
     @property
     def run_id(self) -> str:
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
-        return hashlib.sha1(text.encode()).hexdigest()[:12]
+        return content_id(dataclasses.asdict(self))
 
     def describe(self) -> dict:
         """The method's self-description (label with this write setting, axis); timing cells only."""

@@ -4,8 +4,6 @@ and backbone sections are checked against their own Config dataclasses (harness.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import typing
 from dataclasses import dataclass, field
 from typing import Literal
@@ -14,6 +12,7 @@ from harness import registry
 from harness.backbone import BackboneConfig
 from harness.errors import HarnessError
 from harness.typed import build, check_keys, describe_type, non_negative, type_ok
+from harness.ids import content_id
 
 SCALES = ("smoke", "cpu", "shapes", "gpu", "paper")
 
@@ -120,8 +119,7 @@ class RunSpec:
 
     @property
     def run_id(self) -> str:
-        text = json.dumps(self.identity(), sort_keys=True, default=str)
-        return hashlib.sha1(text.encode()).hexdigest()[:12]
+        return content_id(self.identity())
 
     def label(self) -> str:
         """'rmt(memory_size=4,write_passes=1,reconstruction_weight=1.0) seed=0': the memory size, the

@@ -13,12 +13,12 @@ are not cached are added (once per tuning, shared by its seeds).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from harness.ids import content_id
 
 RECORD_DIR = "step_costs"          # under the results root
 GPU_SCALES = ("gpu", "paper")      # scales meant for a GPU: a CPU dry run of them reads a cuda record
@@ -41,8 +41,7 @@ def key_fields(spec, stage: int) -> dict:
 
 def cost_key(spec, stage: int) -> str:
     """Hash of `key_fields`: equal for the seeds, learning rates and step budgets of one step shape."""
-    text = json.dumps(key_fields(spec, stage), sort_keys=True, default=str)
-    return hashlib.sha1(text.encode()).hexdigest()[:12]
+    return content_id(key_fields(spec, stage))
 
 
 # ---------------------------------------------------------------- records

@@ -10,7 +10,6 @@ wait on a lock instead of tuning the same id twice.
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import logging
@@ -22,6 +21,7 @@ from filelock import FileLock
 from harness import store
 from harness.schema import EvalConfig, RunSpec, TrainConfig
 from harness.typed import build
+from harness.ids import content_id
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def tune_id(spec: RunSpec) -> str:
     identity.pop("seed")
     identity["train"] = {k: v for k, v in identity["train"].items() if k not in spec.train["tune"]["grid"]}
     identity["tune"] = spec.train["tune"]
-    return hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return content_id(identity)
 
 
 def tune_path(out: Path, spec: RunSpec) -> Path:

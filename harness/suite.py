@@ -136,22 +136,19 @@ def expand_suite(name: str, scale: str, methods: list[str] | None = None,
         for method in methods:
             registry.get_method(method)
         runs = list(runs) + _runs_of_unlisted_methods(methods, runs, base)
-    sweep_keys = list(sweep)
-    for key, values in sweep.items():
-        if not isinstance(values, list) or not values:
-            raise HarnessError(f"sweep {key!r} in suite {name} must be a non-empty list")
     suite_name = Path(name).stem
     specs, seen = [], set()
     for index, run in enumerate(runs):
-        check_keys(run, (*SECTIONS, "seeds"), f"suite {name} run {index}")
+        check_keys(run, (*SECTIONS, "seeds", "sweep"), f"suite {name} run {index}")
         run = dict(run)
+        run_sweep = _checked_sweep({**sweep, **(run.pop("sweep", None) or {})}, name)   # a run may narrow a sweep
         run_seeds = seeds if seeds is not None else run.pop("seeds", seed_count)   # a run may have its own count
         run.pop("seeds", None)
         if not isinstance(run_seeds, int) or isinstance(run_seeds, bool) or run_seeds < 1:
             raise HarnessError(f"seeds = {run_seeds!r} in suite {name} run {index} must be a positive integer")
-        for combo in itertools.product(*(sweep[k] for k in sweep_keys)):
+        for combo in itertools.product(*run_sweep.values()):
             tree = deep_merge(_shared_method_defaults(base, run, name), run)
-            for key, value in zip(sweep_keys, combo):
+            for key, value in zip(run_sweep, combo):
                 _set_path(tree, key, value, f"suite {name}")
             if methods and tree.get("method", {}).get("name") not in methods:
                 continue
@@ -169,6 +166,13 @@ def expand_suite(name: str, scale: str, methods: list[str] | None = None,
     for spec in specs:
         check_feasible(spec)
     return specs
+
+
+def _checked_sweep(sweep: dict, name: str) -> dict:
+    for key, values in sweep.items():
+        if not isinstance(values, list) or not values:
+            raise HarnessError(f"sweep {key!r} in suite {name} must be a non-empty list")
+    return sweep
 
 
 def check_feasible(spec: RunSpec) -> None:

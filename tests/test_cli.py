@@ -8,6 +8,7 @@ import yaml
 
 from harness import runner, store
 from harness.cli import main
+from harness.errors import HarnessError
 
 TINY = {
     "description": "tiny test suite",
@@ -365,3 +366,15 @@ def test_a_scale_the_suite_does_not_define_exits_2_and_auto_picks_gpu_only_where
     assert resolve_scale("auto", "cuda", "babi") == "cpu"        # babi has no gpu scale
     assert resolve_scale("auto", "cuda", "capacity") == "gpu"
     assert resolve_scale("auto", "cpu", "capacity") == "cpu"
+
+
+def test_a_run_may_narrow_the_suite_sweep(tmp_path):
+    from harness.suite import expand_suite
+    data = {**TINY, "sweep": {"task.pairs": [1, 2]},
+            "runs": [{"method": {"name": "full_context"}},
+                     {"method": {"name": "query_only"}, "sweep": {"task.pairs": [2]}}]}
+    pairs = [(s.method["name"], s.task["pairs"]) for s in expand_suite(write_suite(tmp_path, data), "cpu")]
+    assert pairs == [("full_context", 1), ("full_context", 2), ("query_only", 2)]
+    bad = {**data, "runs": [{"method": {"name": "query_only"}, "sweep": {"task.pairs": []}}]}
+    with pytest.raises(HarnessError, match="non-empty list"):
+        expand_suite(write_suite(tmp_path, bad, "bad"), "cpu")

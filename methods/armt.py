@@ -60,7 +60,7 @@ from torch import nn
 from harness.contract import Memory
 from harness.errors import HarnessError
 from harness.registry import register_method
-from methods._prefix import PrefixMemoryConfig, PrefixMemoryMethod, write_slot_sequence
+from methods._prefix import PrefixMemoryConfig, PrefixMemoryMethod, reconstruction_suffix, write_slot_sequence
 
 
 @dataclass
@@ -149,6 +149,12 @@ class ARMT(PrefixMemoryMethod):
         for index, layer in enumerate(layers):
             layer.register_forward_pre_hook(partial(self._read_hook, index), with_kwargs=True)
             layer.register_forward_hook(partial(self._capture_hook, index))
+
+    @classmethod
+    def display_label(cls, config) -> str:
+        """'armt', 'armt seg2 + recon' (segments of 2 tokens, the reconstruction loss)."""
+        segments = f" seg{config.segment_length}" if config.segment_length else ""
+        return f"{cls.name}{segments}{reconstruction_suffix(config)}"
 
     @property
     def features(self) -> int:

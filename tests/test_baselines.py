@@ -222,6 +222,9 @@ def test_reconstruction_loss_reads_each_context_back_from_its_memory(name, compa
     assert method.eval().write(batch.context_ids, batch.context_mask).aux_loss is None
 
 
-def test_gradmem_with_reconstruction_is_labelled():
+def test_labels_name_the_reconstruction_loss_and_armt_segments():
+    from methods.armt import ARMT, ARMTConfig
     from methods.gradmem import GradMem, GradMemConfig
     assert GradMem.display_label(GradMemConfig(write_steps=2, reconstruction_weight=1.0)) == "gradmem K=2 + recon"
+    assert ARMT.display_label(ARMTConfig(segment_length=2, reconstruction_weight=1.0)) == "armt seg2 + recon"
+    assert ARMT.display_label(ARMTConfig()) == "armt"

@@ -58,6 +58,8 @@ BAD_INPUTS = {
     "memory slots past max_positions": lambda p: ["--suite", write_suite(p, {**TINY, "runs": [{"method": {"name": "rmt", "memory_size": 31}}]})],
     "negative steps": lambda p: ["--suite", write_suite(p, {**TINY, "runs": [{"method": {"name": "gradmem", "write_steps": -1}}]})],
     "negative train steps": lambda p: ["--suite", write_suite(p, modified(TINY, "train", steps=-5))],
+    "zero ARMT segment length": lambda p: ["--suite", write_suite(p, {**TINY, "runs": [{"method": {"name": "armt", "segment_length": 0}}]})],
+    "negative reconstruction weight": lambda p: ["--suite", write_suite(p, {**TINY, "runs": [{"method": {"name": "gradmem", "reconstruction_weight": -1.0}}]})],
     "negative eval write setting": lambda p: ["--suite", write_suite(p, modified(TINY, "eval", write_settings=[-1]))],
     "bad plugin": lambda p: ["--plugin", "no.such.module", "--list"],
     "no run matches": lambda p: ["--suite", write_suite(p), "--match", "rmt("],

@@ -30,8 +30,10 @@ from harness.runner import build_run, seed_everything
 from harness.train import Trainer
 
 
-def parse_value(text: str):
-    return yaml.safe_load(text)
+def setting(text: str) -> tuple[str, object]:
+    """'KEY=VALUE' -> (KEY, VALUE parsed as YAML)."""
+    key, value = text.split("=", 1)
+    return key, yaml.safe_load(value)
 
 
 def probe(args, seed: int) -> dict:
@@ -78,11 +80,11 @@ def main(argv=None):
     parser.add_argument("--suite", default="capacity")
     parser.add_argument("--scale", default="cpu")
     parser.add_argument("--method", default="rmt")
-    parser.add_argument("--set", dest="method_set", nargs="*", default=[], type=lambda t: (t.split("=")[0], parse_value(t.split("=", 1)[1])))
-    parser.add_argument("--train", dest="train_set", nargs="*", default=[], type=lambda t: (t.split("=")[0], parse_value(t.split("=", 1)[1])))
-    parser.add_argument("--backbone", dest="backbone_set", nargs="*", default=[], type=lambda t: (t.split("=")[0], parse_value(t.split("=", 1)[1])))
-    parser.add_argument("--match", nargs="*", default=[], help="texts the probed run's label or task contains")
-    parser.add_argument("--stage", dest="stage_set", nargs="*", default=[], type=lambda t: (t.split("=")[0], parse_value(t.split("=", 1)[1])),
+    parser.add_argument("--set", dest="method_set", nargs="*", default=[], type=setting)
+    parser.add_argument("--train", dest="train_set", nargs="*", default=[], type=setting)
+    parser.add_argument("--backbone", dest="backbone_set", nargs="*", default=[], type=setting)
+    parser.add_argument("--match", nargs="*", default=[], help="texts the probed run's label or task contains, all of them")
+    parser.add_argument("--stage", dest="stage_set", nargs="*", default=[], type=setting,
                         help="task settings of the probed stage (default: the suite's first curriculum stage)")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--eval-every", type=int, default=100)

@@ -18,6 +18,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
 from harness.ids import content_id
 
 RECORD_DIR = "step_costs"          # under the results root

@@ -210,17 +210,17 @@ class ARMT(PrefixMemoryMethod):
             self.backbone.hidden(inputs)
         finally:
             self._reading = self._capturing = None
-        written = [self.write_layer(index, captured[index],
-                                    *(None, None) if state is None else (state["matrix"][:, index], state["normaliser"][:, index]))
-                   for index in range(len(self.query_proj))]
+        def before(index):   # layer `index`'s (A, z) before this segment
+            return (None, None) if state is None else (state["matrix"][:, index], state["normaliser"][:, index])
+        written = [self.write_layer(index, captured[index], *before(index)) for index in range(len(self.query_proj))]
         return {"matrix": torch.stack([m for m, _ in written], 1),
                 "normaliser": torch.stack([z for _, z in written], 1)}
 
     def write(self, context_ids, context_mask, write_setting=None) -> Memory:
-        lengths = context_mask.sum(1)
-        size = self.config.segment_length or max(context_ids.shape[1], 1)
+        lengths, width = context_mask.sum(1), max(context_ids.shape[1], 1)
+        size = self.config.segment_length or width
         state = None
-        for start in range(0, max(context_ids.shape[1], 1), size):
+        for start in range(0, width, size):
             segment_lengths = (lengths - start).clamp(0, size)
             if state is not None and not bool((segment_lengths > 0).any()):
                 break

@@ -217,6 +217,14 @@ class Backbone(nn.Module):
         new_cache = next((out[k] for k in ("cache", "past_key_values", "cache_params") if k in out), None)
         return (captured[-1] if pre_norm else out.last_hidden_state), new_cache
 
+    def prefixed_hidden(self, prefix: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        """Last hidden states of [prefix; tokens] (prefix: embeddings) at the positions that
+        predict each token: row j is the state at position m-1+j, so the last prefix slot
+        predicts token 0."""
+        hidden, _ = self.hidden(torch.cat([prefix, self.embed(token_ids)], dim=1))
+        m = prefix.shape[1]
+        return hidden[:, m - 1: m - 1 + token_ids.shape[1]]
+
     def logits(self, inputs_embeds: torch.Tensor, **kwargs) -> torch.Tensor:
         hidden, _ = self.hidden(inputs_embeds, **kwargs)
         return self.lm_head(hidden)

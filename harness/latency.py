@@ -509,10 +509,7 @@ def time_method(cell: Cell, backbones: BackboneCache) -> dict:
 def prefix_write_loss(backbone, memory: torch.Tensor, context_ids: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy of the context given [M; C], summed over the batch (the last
     memory slot predicts the first context token): the loss of a gradient write step."""
-    inputs = torch.cat([memory, backbone.embed(context_ids)], dim=1)
-    hidden, _ = backbone.hidden(inputs)
-    m = memory.shape[1]
-    logits = backbone.lm_head(hidden[:, m - 1: m - 1 + context_ids.shape[1]]).float()
+    logits = backbone.lm_head(backbone.prefixed_hidden(memory, context_ids)).float()
     return F.cross_entropy(logits.transpose(1, 2), context_ids, reduction="none").mean(1).sum()
 
 

@@ -88,14 +88,9 @@ class PrefixMemoryMethod(Method):
         return self.memory_size * self.backbone.hidden_size
 
     def prefix_hidden(self, memory: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-        """Last hidden states of [memory; tokens] at the positions that predict each token.
-
-        Row j is the state at position m-1+j: the last memory slot predicts token 0.
-        """
-        inputs = torch.cat([self.memory_embeddings(memory), self.backbone.embed(token_ids)], dim=1)
-        hidden, _ = self.backbone.hidden(inputs)
-        m = memory.shape[1]
-        return hidden[:, m - 1: m - 1 + token_ids.shape[1]]
+        """Last hidden states of [memory; tokens] at the positions that predict each token
+        (row j: position m-1+j, so the last memory slot predicts token 0)."""
+        return self.backbone.prefixed_hidden(self.memory_embeddings(memory), token_ids)
 
     @classmethod
     def display_label(cls, config) -> str:

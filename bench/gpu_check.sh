@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # GPU check, for a lent GPU machine (one call of about 9 minutes on one H100):
-#   1. `capacity` at `shapes` scale (the paper's KV shapes up to 16 pairs, 4 runs) and two
-#      control probes train on CUDA in the background, time-boxed to TRAIN_SECONDS (default
-#      280) from its start (resuming from RESUME_DIR when given); finished runs keep their
-#      results, unfinished ones their resume checkpoint (a later `run_all.py` resumes them, on
-#      any device);
+#   1. `capacity` at `shapes` scale (the paper's KV shapes up to 16 pairs, 4 runs; with
+#      CONTROLS=1 also two control probes) trains on CUDA in the background, time-boxed to
+#      TRAIN_SECONDS (default 280) from its start (resuming from RESUME_DIR when given; runs
+#      finished in this checkout's results/ are copied in and skipped); finished runs keep
+#      their results, unfinished ones their resume checkpoint (a later `run_all.py` resumes
+#      them, on any device);
 #   2. meanwhile the smoke suite on CUDA, one run at a time, stopping at the first failed run;
-#   3. once training stops (the GPU idle again): the step-cost benchmark at the paper's shapes
+#   3. once training stops (the GPU idle again; skipped with STEP_COSTS=0): the step-cost
+#      benchmark at the paper's shapes
 #      (full context's one-pass step against one plain forward/backward of the same model) and
 #      the step costs of `capacity` at gpu scale (results/step_costs/cuda-<gpu>.json), then the
 #      dry run's estimate from them.
@@ -29,6 +31,8 @@ work=/tmp/gpu_check_work
 # results/ and checkpoints/ of shapes runs an earlier check stopped: they resume from it
 runs="${RESUME_DIR:-$work/runs}"
 train_seconds="${TRAIN_SECONDS:-280}"
+controls="${CONTROLS:-0}"
+step_costs="${STEP_COSTS:-1}"
 mkdir -p "$out" "$work"
 exec > >(tee "$out/gpu_check.log") 2>&1
 start=$(date +%s)
@@ -40,15 +44,23 @@ python -c "import torch, transformers; assert torch.cuda.is_available(), 'no CUD
   || { echo "no CUDA device"; exit 1; }
 
 # 1. the paper-shape subset, in the background
-stamp "capacity --scale shapes on cuda (4 runs) and 2 control runs at once, at most ${train_seconds} s"
+# the runs this checkout has finished are copied in, so they are skipped (not trained again)
+for summary in results/capacity/*/summary.json; do
+  dir=$(dirname "$summary")
+  grep -q 'format: paper' "$dir/config.yaml" || continue
+  [ -d "$runs/results/capacity/$(basename "$dir")" ] || { mkdir -p "$runs/results/capacity"; cp -r "$dir" "$runs/results/capacity/"; }
+done
+stamp "capacity --scale shapes on cuda ($(python run_all.py --suite capacity --scale shapes --out "$runs/results" --dry-run | grep -c ' todo ') runs to train; controls: $controls), at most ${train_seconds} s"
 deadline=$(( $(date +%s) + train_seconds ))
 # its own process group (setsid), so the time box stops the parallel workers too
-# beside them the controls (full context, GradMem K=2) without the overlapping training keys (a probe)
+# CONTROLS=1: beside them the controls (full context, GradMem K=2) without the overlapping
+# training keys (a probe, recorded in results/probes/kv_paper_full_context/)
 control=results/probes/kv_paper_full_context/plain_keys_shapes.yaml
+control_cmd=""
+[ "$controls" = 1 ] && control_cmd="python run_all.py --suite $control --scale shapes --device cuda --jobs 2 \
+    --out '$runs/results' --cache '$runs' --quiet &"
 setsid bash -c "python run_all.py --suite capacity --scale shapes --device cuda --jobs 4 \
-    --out '$runs/results' --cache '$runs' --quiet & \
-  python run_all.py --suite $control --scale shapes --device cuda --jobs 2 \
-    --out '$runs/results' --cache '$runs' --quiet & wait" >"$out/shapes_train.log" 2>&1 &
+    --out '$runs/results' --cache '$runs' --quiet & $control_cmd wait" >"$out/shapes_train.log" 2>&1 &
 train_pid=$!
 
 # 2. smoke on cuda, one run at a time (its label), the first failure stops it
@@ -95,6 +107,7 @@ for metrics in sorted(Path(sys.argv[1]).glob("*/*/metrics.jsonl")):
 PY
 
 # 3. timings on the idle GPU
+if [ "$step_costs" = 1 ]; then
 timeout 90 python -m bench.step_cost --device cuda --pairs 32 --batch 64 --repeats 5 \
   --settings full_context "plain LM" "gradmem K=2" --out "$work/bench" \
   || fail "bench.step_cost at the paper's shapes"
@@ -104,6 +117,7 @@ timeout 100 python -m bench.step_cost --suite capacity --scale gpu --device cuda
 mkdir -p results/step_costs && cp "$work"/step_costs/cuda-*.json results/step_costs/ 2>/dev/null
 python run_all.py --suite capacity --scale gpu --dry-run --device cuda | tail -3 || fail "dry run"
 stamp "step costs done"
+fi
 
 # 4. pack what comes back
 tar czf "$out/results.tgz" -C "$work" bench step_costs smoke 2>/dev/null

@@ -56,13 +56,13 @@ def print_registry() -> None:
 def print_plan(specs, out: Path, device: str | None = None, suite: str | None = None) -> None:
     """The runs, the training contexts left, and the estimated time from measured step costs
     (harness.step_costs; `device` defaults to auto: cuda when available, else cpu)."""
-    from harness import step_costs, store
-    from harness.runner import resolve_device
+    from harness import step_costs
+    from harness.runner import is_done, resolve_device
     from harness.tune import tune_id
     plan = step_costs.plan(specs, out, device or resolve_device("auto"), suite)
     total, left, tunings = 0, 0, {}
     for spec in specs:
-        done = store.is_finished(out, spec.suite, spec.run_id)
+        done = is_done(out, spec)
         tune = spec.train.get("tune")
         if tune and not done and tune_id(spec) not in tunings:   # the grid cells not cached yet
             tunings[tune_id(spec)] = step_costs.tuning_cells_left(out, spec) * tune["steps"] * spec.train["batch_size"]

@@ -29,11 +29,17 @@ def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+SUPERSEDED_MARK = " (old tuning choice: rerun pending)"
+
+
 def labels(frame: pd.DataFrame) -> pd.Series:
-    """Each row's display label: the recorded self-description, else the method's name."""
-    if "label" not in frame:
-        return frame["method"].astype(str)
-    return frame["label"].where(frame["label"].notna(), frame["method"]).astype(str)
+    """Each row's display label: the recorded self-description, else the method's name; runs
+    trained with a setting their tuning no longer chooses get `SUPERSEDED_MARK`."""
+    names = frame["method"].astype(str) if "label" not in frame else \
+        frame["label"].where(frame["label"].notna(), frame["method"]).astype(str)
+    if "superseded_tuning" in frame:   # kept apart from the runs trained with the current choice
+        names = names.where(~frame["superseded_tuning"].eq(True), names + SUPERSEDED_MARK)
+    return names
 
 
 def _own_setting(key, trained) -> bool:
@@ -321,13 +327,19 @@ def tuning_markdown(frame: pd.DataFrame | str | Path, suite: str, scale: str) ->
             em = entry.get("valid_em")
             text = "—" if _missing(em) else f"{100 * em:.1f}"
             row[name] = f"**{text}**" if all(entry.get(k) == chosen.get(k) for k in keys) else text
+        if tuning.get("tie_break"):
+            stage = ", ".join(f"{k}={v}" for k, v in (tuning.get("tie_break_stage") or {}).items())
+            row["tie broken on the next stage"] = f"{stage}: " + "; ".join(
+                f"{_setting(entry, keys)} {100 * entry['valid_em']:.1f}" for entry in tuning["tie_break"])
         row.update({"chosen": _setting(chosen, keys), "tuned on seed": tuning.get("seed"),
                     "tuning steps": tuning.get("steps"),
                     "used by seeds": ", ".join(str(int(s)) for s in sorted(group["seed"].unique()))})
         rows.append(row)
     table = pd.DataFrame(rows)
     head = ["method"] + (["memory floats"] if "memory floats" in table else [])
-    table = table[head + columns + ["chosen", "tuned on seed", "tuning steps", "used by seeds"]].fillna("")
+    ties = ["tie broken on the next stage"] if "tie broken on the next stage" in table else []
+    table = table[head + columns + ties + ["chosen", "tuned on seed", "tuning steps", "used by seeds"]].fillna("")
     return (table.astype(str).to_markdown(index=False, disable_numparse=True) + "\n\nCells: validation exact match (%) of each grid setting after "
-            "the tuning steps on the first curriculum stage; bold: the setting chosen for training; "
+            "the tuning steps on the first curriculum stage; tie broken: the validation exact match (%) of the "
+            "cells tied for the best score after training on through the next stage; bold: the setting chosen for training; "
             "—: no score (the cell failed or diverged).\n")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import platform
@@ -22,7 +23,7 @@ from harness.typed import build
 from harness.data import PretrainedCodec
 from harness.errors import ContractError, HarnessError
 from harness.train import Trainer
-from harness.tune import tune
+from harness.tune import settled_choice, tune
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -99,11 +100,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def trained_choice(out: Path, spec: RunSpec) -> dict | None:
+    """The tuned setting a finished run trained with (None without tuning)."""
+    summary = json.loads((store.run_dir(out, spec.suite, spec.run_id) / "summary.json").read_text())
+    return (summary.get("tuning") or {}).get("chosen")
+
+
+def is_done(out: Path, spec: RunSpec) -> bool:
+    """Finished, and a tuned run trained with the setting its tuning chooses now: a run trained
+    before its tuning's choice changed (a tie broken since) is not done."""
+    if not store.is_finished(out, spec.suite, spec.run_id):
+        return False
+    return not spec.train.get("tune") or settled_choice(out, spec) == trained_choice(out, spec)
+
+
 def execute_run(spec: RunSpec, out: Path, device: str = "cpu", cache_dir: Path = DEFAULT_CACHE,
                 progress: bool = True) -> RunOutcome:
     """Train and evaluate one run; write config.yaml, metrics.jsonl and summary.json. A run that
     another process is training (its lock under the cache directory is held) is skipped."""
-    if store.is_finished(out, spec.suite, spec.run_id):
+    if is_done(out, spec):
         return RunOutcome(spec.run_id, spec.label(), "skipped")
     lock_path = Path(cache_dir) / "locks" / f"{spec.suite}-{spec.run_id}.lock"
     lock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -114,7 +129,7 @@ def execute_run(spec: RunSpec, out: Path, device: str = "cpu", cache_dir: Path =
         log.warning("%s: another process is training it (%s held); skipped", spec.label(), lock_path)
         return RunOutcome(spec.run_id, spec.label(), "skipped", error="running in another process")
     try:
-        if store.is_finished(out, spec.suite, spec.run_id):   # finished while we waited for the lock
+        if is_done(out, spec):   # finished while we waited for the lock
             return RunOutcome(spec.run_id, spec.label(), "skipped")
         return _train_and_record(spec, out, device, cache_dir, progress)
     finally:
@@ -130,6 +145,14 @@ def _train_and_record(spec: RunSpec, out: Path, device: str, cache_dir: Path, pr
         tuning = tune(spec, out, device)
         train = {**spec.train, **tuning["chosen"]}
         started = time.time()   # wall_seconds: this run alone (the shared tuning has its own cells)
+        if store.is_finished(out, spec.suite, spec.run_id):
+            if trained_choice(out, spec) == tuning["chosen"]:   # kept: its summary gets the new record
+                summary = json.loads((directory / "summary.json").read_text())
+                store.write_json(directory / "summary.json", {**summary, "tuning": tuning})
+                return RunOutcome(spec.run_id, spec.label(), "skipped")
+            log.warning("%s: trained with %s, its tuning now chooses %s: training it again", spec.label(),
+                        trained_choice(out, spec), tuning["chosen"])
+            (directory / "summary.json").unlink()
     seed_everything(spec.seed)
     task, method = build_run(spec)
     method.to(device)
@@ -209,11 +232,10 @@ def run_specs(specs: list[RunSpec], out: Path, device: str = "cpu", jobs: int = 
     A run that raises is reported as failed and the others go on.
     """
     plugins = plugins or []
-    outcomes = [RunOutcome(s.run_id, s.label(), "skipped") for s in specs
-                if store.is_finished(out, s.suite, s.run_id)]
+    outcomes = [RunOutcome(s.run_id, s.label(), "skipped") for s in specs if is_done(out, s)]
     # seed-major order: the first seed of every setting goes first, so parallel workers tune
     # different settings instead of one waiting on another's tuning lock
-    pending = sorted((s for s in specs if not store.is_finished(out, s.suite, s.run_id)), key=lambda s: s.seed)
+    pending = sorted((s for s in specs if not is_done(out, s)), key=lambda s: s.seed)
     if not pending:
         return outcomes
     if jobs == 1 and backend == "loky":

@@ -123,8 +123,9 @@ def stage_budgets(spec, per_step: list[float] | None = None) -> list[int]:
 
 
 def tuning_cells_left(out: Path | str, spec) -> int:
-    """Grid cells of the run's tuning not yet in its cache (0 without tuning)."""
-    from harness.tune import grid_cells, tune_path
+    """Tuning budgets (`tune.steps` each) not yet in the run's tuning cache: one per grid cell
+    left, two per tie-break cell left (0 without tuning)."""
+    from harness.tune import grid_cells, needs_tie_break, tune_path
     tune = spec.train.get("tune")
     if not tune:
         return 0
@@ -132,8 +133,10 @@ def tuning_cells_left(out: Path | str, spec) -> int:
     path = tune_path(out, spec)
     if not path.exists():
         return len(cells)
-    done = json.loads(path.read_text()).get("cells", [])
-    return sum(not any(all(d.get(k) == v for k, v in cell.items()) for d in done) for cell in cells)
+    record = json.loads(path.read_text())
+    done = record.get("cells", [])
+    left = sum(not any(all(d.get(k) == v for k, v in cell.items()) for d in done) for cell in cells)
+    return left + 2 * len(needs_tie_break(spec, record))
 
 
 @dataclass
@@ -202,7 +205,7 @@ class Plan:
 def plan(specs, out: Path | str, device: str, suite: str | None = None) -> Plan:
     """Estimates of every run of a dry run on `device` and the total of those left to train.
     `suite` names the suite in the recording command (default: the runs' suite name)."""
-    from harness import store
+    from harness.runner import is_done
     from harness.tune import tune_id
     if not specs:
         return Plan({}, [])
@@ -212,7 +215,7 @@ def plan(specs, out: Path | str, device: str, suite: str | None = None) -> Plan:
     command = record_command(suite, scale, target, out)
     notes, total, unmeasured, todo, tuned, tunings = {}, 0.0, 0, 0, set(), 0.0
     for spec in specs:
-        done = store.is_finished(out, spec.suite, spec.run_id)
+        done = is_done(out, spec)
         cells = 0
         if not done and spec.train.get("tune") and tune_id(spec) not in tuned:
             tuned.add(tune_id(spec))   # one tuning per setting, charged to its first run to train

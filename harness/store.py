@@ -136,8 +136,20 @@ def load(results: Path | str = "results") -> pd.DataFrame:
     for path in sorted(Path(results).glob("*/*/summary.json")):
         summary = json.loads(path.read_text())
         if "kind" not in summary:
-            rows.extend(summary_rows(summary))
+            superseded = tuning_superseded(summary, path.parent.parent / "tuning")
+            rows.extend({**row, "superseded_tuning": superseded} for row in summary_rows(summary))
     return pd.DataFrame(rows)
+
+
+def tuning_superseded(summary: dict, tuning_dir: Path) -> bool:
+    """Whether the run trained with a setting its tuning record (`tuning_dir/<tune_id>.json`) no
+    longer chooses: a tie broken after it trained; the next invocation of its suite retrains it."""
+    tuning = summary.get("tuning") or {}
+    path = Path(tuning_dir) / f"{tuning.get('tune_id')}.json"
+    if not tuning or not path.exists():
+        return False
+    current = json.loads(path.read_text()).get("chosen")
+    return current is not None and current != tuning.get("chosen")
 
 
 LEGACY_KEYS = {"eval": {"write_steps": "write_settings"}}

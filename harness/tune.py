@@ -2,8 +2,11 @@
 
 Every grid cell trains the run's method from scratch on the first curriculum stage for
 `tune.steps` steps with seed `tune.seed` and records its best validation exact match; the best
-cell (ties: the one that got there in fewer steps, then grid order) trains the run. Every method
-of a suite gets the same grid and budget. The cells are cached in
+cell trains the run. When several cells tie for the best score (an easy first stage saturates:
+five of six cells at 100% for Mamba on 2 KV pairs), the tied cells train on through the next
+stage (at most `tune.steps` more steps) and the best score there breaks the tie; cells still tied
+go by fewer steps to their first-stage score, then grid order. Every method of a suite gets the
+same grid, budget and rule. The cells are cached in
 `results/<suite>/tuning/<tune_id>.json`, keyed by the run's spec without its seed and the tuned
 settings: every seed of a run shares one tuning, and a rerun tunes nothing. Parallel workers
 wait on a lock instead of tuning the same id twice.
@@ -52,23 +55,46 @@ def cells_grid_keys(cells: list[dict]) -> set:
     return {k for cell in cells for k in cell if k not in CELL_RESULTS}
 
 
-def choose(cells: list[dict]) -> dict:
-    """The best cell: highest validation EM, then fewest steps to it, then grid order."""
+def _setting(cell: dict, keys) -> dict:
+    return {k: v for k, v in cell.items() if k in keys}
+
+
+def _find(cells: list[dict], setting: dict) -> dict | None:
+    return next((c for c in cells if all(c.get(k) == v for k, v in setting.items())), None)
+
+
+def tied_leaders(cells: list[dict]) -> list[dict]:
+    """The settings that share the best validation EM, in grid order; [] when one cell leads."""
+    best = max(c["valid_em"] for c in cells)
+    leaders = [_setting(c, cells_grid_keys(cells)) for c in cells if c["valid_em"] == best]
+    return leaders if len(leaders) > 1 else []
+
+
+def choose(cells: list[dict], tie_break: list[dict] | None = None) -> dict:
+    """The best cell: highest validation EM; among tied cells the highest EM on the tie-break stage
+    (when `tie_break` scores every tied cell); then fewest steps to the first-stage score; then
+    grid order."""
+    keys = cells_grid_keys(cells)
+    leaders = tied_leaders(cells)
+    broken = [_find(tie_break or [], s) for s in leaders]
+    if leaders and all(broken):
+        best = max(b["valid_em"] for b in broken)
+        cells = [_find(cells, s) for s, b in zip(leaders, broken) if b["valid_em"] == best]
     best = max(enumerate(cells), key=lambda item: (item[1]["valid_em"], -item[1]["best_step"], -item[0]))[1]
-    return {k: v for k, v in best.items() if k in cells_grid_keys(cells)}
+    return _setting(best, keys)
 
 
-def cell_spec(spec: RunSpec, cell: dict) -> RunSpec:
-    """The run restricted to its first stage, the tuning budget and seed, with the cell's settings."""
+def cell_spec(spec: RunSpec, cell: dict, stages: int = 1) -> RunSpec:
+    """The run restricted to its first `stages` stages, `tune.steps` steps each at most, the
+    tuning seed, with the cell's settings."""
     tune = spec.train["tune"]
-    stages = spec.train["curriculum"][:1]
-    train = {**spec.train, **cell, "curriculum": stages, "steps": tune["steps"], "stage_steps": tune["steps"],
-             "tune": None}
+    train = {**spec.train, **cell, "curriculum": spec.train["curriculum"][:stages],
+             "steps": tune["steps"] * stages, "stage_steps": tune["steps"], "tune": None}
     return RunSpec(**{**spec.to_dict(), "train": train, "seed": tune.get("seed", 0)})
 
 
 def train_cell(spec: RunSpec, device: str) -> dict:
-    """Best validation EM (and the step it came at) of one grid cell."""
+    """Best validation EM (and the step it came at) of one grid cell on its last stage."""
     from harness.runner import build_run, seed_everything
     from harness.train import Trainer
     seed_everything(spec.seed)
@@ -79,14 +105,33 @@ def train_cell(spec: RunSpec, device: str) -> dict:
                           spec.seed, device, Path(tmp) / "metrics.jsonl", None, label=f"tune {spec.label()}",
                           progress=False, test_at_stage_end=False)
         result = trainer.run()
-    stage = result["stages"][0] if result["stages"] else {"best_valid_em": 0.0, "best_step": 0}
+    stage = result["stages"][-1] if result["stages"] else {"best_valid_em": 0.0, "best_step": 0}
     return {"valid_em": max(stage["best_valid_em"], 0.0), "best_step": stage["best_step"],
             "seconds": round(result["train_seconds"], 1)}
 
 
+def needs_tie_break(spec: RunSpec, record: dict) -> list[dict]:
+    """The tied settings whose tie-break cell is not yet in `record` ([] when none is needed)."""
+    if len(spec.train.get("curriculum") or []) < 2 or len(record["cells"]) < len(grid_cells(spec.train["tune"])):
+        return []
+    return [s for s in tied_leaders(record["cells"]) if _find(record.get("tie_break", []), s) is None]
+
+
+def settled_choice(out: Path, spec: RunSpec) -> dict | None:
+    """The setting the run's tuning chooses, read from its cache without training anything; None
+    while a grid or tie-break cell is missing."""
+    path = tune_path(out, spec)
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    if len(record["cells"]) < len(grid_cells(spec.train["tune"])) or needs_tie_break(spec, record):
+        return None
+    return choose(record["cells"], record.get("tie_break"))
+
+
 def tune(spec: RunSpec, out: Path, device: str = "cpu") -> dict:
-    """The tuning record of a run (grid, each cell's validation EM, the choice), computing only
-    the cells not yet cached."""
+    """The tuning record of a run (grid, each cell's validation EM, the tie-break cells, the
+    choice), computing only the cells not yet cached."""
     tune_spec = spec.train["tune"]
     path = tune_path(out, spec)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -95,11 +140,16 @@ def tune(spec: RunSpec, out: Path, device: str = "cpu") -> dict:
             "tune_id": tune_id(spec), "grid": tune_spec["grid"], "steps": tune_spec["steps"],
             "seed": tune_spec.get("seed", 0), "method": spec.method, "cells": []}
         for cell in grid_cells(tune_spec):
-            if any(all(done.get(k) == v for k, v in cell.items()) for done in record["cells"]):
+            if _find(record["cells"], cell) is not None:
                 continue
             log.info("%s: tuning %s", spec.label(), cell)
             record["cells"].append({**cell, **train_cell(cell_spec(spec, cell), device)})
             store.write_json(path, record)   # one cell at a time: an interrupted tuning resumes
-        record["chosen"] = choose(record["cells"])
+        for cell in needs_tie_break(spec, record):
+            log.info("%s: breaking a tuning tie with %s on stage 2", spec.label(), cell)
+            record["tie_break_stage"] = spec.train["curriculum"][1]
+            record.setdefault("tie_break", []).append({**cell, **train_cell(cell_spec(spec, cell, 2), device)})
+            store.write_json(path, record)
+        record["chosen"] = choose(record["cells"], record.get("tie_break"))
         store.write_json(path, record)
     return record

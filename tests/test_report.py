@@ -13,7 +13,8 @@ from harness.contract import Memory, Method
 from harness.describe import describe_spec, describe_summaries
 from harness.errors import HarnessError
 from harness.report import (COLLAPSE_NOTE, capacity, paper_fig4a_markdown, paper_table1, steps_markdown,
-                            table1_beside_paper_markdown, table1_markdown, table2_markdown, tuning_markdown)
+                            table1_beside_paper_markdown, table1_markdown, table2_markdown, tuning_markdown,
+                            SUPERSEDED_MARK)
 from plots.__main__ import main as plots_main
 from tests.test_cli import TINY
 
@@ -208,6 +209,31 @@ def test_tuning_table_lists_every_grid_cell_and_the_choice(tmp_path):
     out = tmp_path / "figures"
     assert plots_main(["--results", str(tmp_path), "--out", str(out)]) == 0
     assert "**90.0**" in (out / "tuning_capacity_cpu.md").read_text()
+
+
+def test_tuning_table_shows_how_a_tie_was_broken(tmp_path):
+    grid = {"lr": [3e-4, 1e-3]}
+    cells = [{"lr": 3e-4, "valid_em": 1.0, "best_step": 500}, {"lr": 1e-3, "valid_em": 1.0, "best_step": 250}]
+    tie_break = [{"lr": 3e-4, "valid_em": 0.95, "best_step": 1500}, {"lr": 1e-3, "valid_em": 0.8, "best_step": 1250}]
+    tuning = {"grid": grid, "cells": cells, "tie_break": tie_break, "tie_break_stage": {"pairs": 4},
+              "chosen": {"lr": 3e-4}, "seed": 0, "steps": 1000}
+    write_summary(tmp_path, {"name": "mamba"}, 0, [(2, {"default": 1.0}, False)], tuning=tuning)
+    row = next(line for line in tuning_markdown(tmp_path, "capacity", "cpu").splitlines() if line.startswith("| mamba"))
+    assert "pairs=4: lr=0.0003 95.0; lr=0.001 80.0" in row and "**100.0**" in row
+
+
+def test_runs_trained_with_a_superseded_tuning_choice_are_kept_apart_and_marked(tmp_path):
+    cells = [{"lr": 1e-3, "valid_em": 1.0, "best_step": 250}, {"lr": 3e-3, "valid_em": 1.0, "best_step": 500}]
+    old = {"tune_id": "t1", "grid": {"lr": [1e-3, 3e-3]}, "cells": cells, "chosen": {"lr": 1e-3}}
+    for seed, em in [(0, 0.5), (1, 0.6)]:
+        write_summary(tmp_path, {"name": "mamba"}, seed, [(2, {"default": em}, False)], tuning=old)
+    write_summary(tmp_path, {"name": "mamba"}, 2, [(2, {"default": 0.9}, False)], tuning={**old, "chosen": {"lr": 3e-3}})
+    store.write_json(tmp_path / "capacity" / "tuning" / "t1.json", {**old, "chosen": {"lr": 3e-3}})
+    frame = store.load(tmp_path)
+    assert frame.groupby("seed")["superseded_tuning"].first().tolist() == [True, True, False]
+    rows = [line for line in table1_markdown(frame, "cpu").splitlines() if line.startswith("| mamba")]
+    assert len(rows) == 2 and any(SUPERSEDED_MARK in row and "55.0 ±" in row for row in rows)
+    assert any(SUPERSEDED_MARK not in row and "| 90.0 " in row for row in rows)
 
 
 def test_figures_and_tables_come_from_results_only(tmp_path):

@@ -112,6 +112,58 @@ def test_tuning_picks_the_best_cell_and_reruns_nothing(tmp_path, monkeypatch):
     assert len(calls) == 4                                       # cached: nothing retrained
 
 
+def two_stage_spec(tmp_path):
+    spec = tiny_spec(tmp_path)
+    train = {**spec.train, "curriculum": [{"pairs": 2}, {"pairs": 3}]}
+    return RunSpec(**{**spec.to_dict(), "train": train})
+
+
+def test_a_tie_is_broken_on_the_next_stage_and_only_the_tied_cells_train_there(tmp_path, monkeypatch):
+    spec = two_stage_spec(tmp_path)
+    first = {(1e-3, 0): 1.0, (1e-3, 2): 0.5, (3e-3, 0): 1.0, (3e-3, 2): 1.0}
+    second = {(1e-3, 0): 0.7, (3e-3, 0): 0.9, (3e-3, 2): 0.6}
+    calls = []
+
+    def fake_cell(cell_spec, device):
+        key = (cell_spec.train["lr"], cell_spec.train["warmup_steps"])
+        stages = len(cell_spec.train["curriculum"])
+        calls.append((key, stages))
+        assert cell_spec.train["steps"] == 2 * stages and cell_spec.train["stage_steps"] == 2
+        # (3e-3, 0) is fastest on the first stage and best on the second; (1e-3, 0) is slowest
+        return {"valid_em": (first if stages == 1 else second)[key], "best_step": 1 if key == (3e-3, 2) else 2}
+
+    monkeypatch.setattr(tune, "train_cell", fake_cell)
+    assert tune.settled_choice(tmp_path, spec) is None
+    record = tune.tune(spec, tmp_path)
+    assert sorted(k for k, stages in calls if stages == 2) == [(1e-3, 0), (3e-3, 0), (3e-3, 2)]
+    assert record["chosen"] == {"lr": 3e-3, "warmup_steps": 0}      # not the fastest tied cell (3e-3, 2)
+    assert tune.settled_choice(tmp_path, spec) == record["chosen"]
+    tune.tune(spec, tmp_path)
+    assert len(calls) == 7                                            # cached: nothing retrained
+
+
+def test_a_run_trained_before_its_tuning_choice_changed_trains_again(tmp_path, monkeypatch):
+    from harness import runner
+    spec = two_stage_spec(tmp_path)
+    out, cache = tmp_path / "results", tmp_path / "cache"
+    assert runner.execute_run(spec, out, cache_dir=cache, progress=False).status in ("finished", "collapsed")
+    assert runner.is_done(out, spec)
+    assert runner.execute_run(spec, out, cache_dir=cache, progress=False).status == "skipped"
+    path = tune.tune_path(out, spec)
+    record = json.loads(path.read_text())
+    other = next(c for c in record["cells"] if {k: c[k] for k in record["chosen"]} != record["chosen"])
+    for cell in record["cells"]:
+        cell["valid_em"] = 0.0
+    other["valid_em"] = 1.0                                           # the tuning now chooses another cell
+    record.pop("tie_break", None)
+    path.write_text(json.dumps(record))
+    assert not runner.is_done(out, spec)
+    assert runner.execute_run(spec, out, cache_dir=cache, progress=False).status in ("finished", "collapsed")
+    summary = json.loads((out / "tiny" / spec.run_id / "summary.json").read_text())
+    assert summary["tuning"]["chosen"] == {k: other[k] for k in summary["tuning"]["chosen"]}
+    assert runner.is_done(out, spec)
+
+
 def test_a_tuned_run_trains_with_the_chosen_cell_and_records_the_grid(tmp_path):
     from harness.runner import execute_run
     spec = tiny_spec(tmp_path)

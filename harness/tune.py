@@ -105,7 +105,8 @@ def train_cell(spec: RunSpec, device: str) -> dict:
                           spec.seed, device, Path(tmp) / "metrics.jsonl", None, label=f"tune {spec.label()}",
                           progress=False, test_at_stage_end=False)
         result = trainer.run()
-    stage = result["stages"][-1] if result["stages"] else {"best_valid_em": 0.0, "best_step": 0}
+    reached = len(result["stages"]) == len(spec.train["curriculum"] or [{}])   # no stage lost to a divergence
+    stage = result["stages"][-1] if reached else {"best_valid_em": 0.0, "best_step": 0}
     return {"valid_em": max(stage["best_valid_em"], 0.0), "best_step": stage["best_step"],
             "seconds": round(result["train_seconds"], 1)}
 

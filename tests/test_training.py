@@ -105,7 +105,7 @@ def test_tuning_picks_the_best_cell_and_reruns_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(tune, "train_cell", fake_cell)
     record = tune.tune(spec, tmp_path)
     assert len(calls) == 4
-    assert record["chosen"] == {"lr": 3e-3, "warmup_steps": 0}   # tie at 0.6: fewer steps wins
+    assert record["chosen"] == {"lr": 1e-3, "warmup_steps": 2}   # tie at 0.6 (one stage): grid order
     assert [c["valid_em"] for c in record["cells"]] == [0.2, 0.6, 0.6, 0.4]
     other_seed = RunSpec(**{**spec.to_dict(), "seed": 2})
     assert tune.tune(other_seed, tmp_path)["chosen"] == record["chosen"]
@@ -129,14 +129,14 @@ def test_a_tie_is_broken_on_the_next_stage_and_only_the_tied_cells_train_there(t
         stages = len(cell_spec.train["curriculum"])
         calls.append((key, stages))
         assert cell_spec.train["steps"] == 2 * stages and cell_spec.train["stage_steps"] == 2
-        # (3e-3, 0) is fastest on the first stage and best on the second; (1e-3, 0) is slowest
+        # (1e-3, 0) leads the tied cells in grid order; (3e-3, 0) is best on the second stage
         return {"valid_em": (first if stages == 1 else second)[key], "best_step": 1 if key == (3e-3, 2) else 2}
 
     monkeypatch.setattr(tune, "train_cell", fake_cell)
     assert tune.settled_choice(tmp_path, spec) is None
     record = tune.tune(spec, tmp_path)
     assert sorted(k for k, stages in calls if stages == 2) == [(1e-3, 0), (3e-3, 0), (3e-3, 2)]
-    assert record["chosen"] == {"lr": 3e-3, "warmup_steps": 0}      # not the fastest tied cell (3e-3, 2)
+    assert record["chosen"] == {"lr": 3e-3, "warmup_steps": 0}      # not the first tied cell in grid order
     assert tune.settled_choice(tmp_path, spec) == record["chosen"]
     tune.tune(spec, tmp_path)
     assert len(calls) == 7                                            # cached: nothing retrained

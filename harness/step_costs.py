@@ -125,7 +125,7 @@ def stage_budgets(spec, per_step: list[float] | None = None) -> list[int]:
 def tuning_cells_left(out: Path | str, spec) -> int:
     """Tuning budgets (`tune.steps` each) not yet in the run's tuning cache: one per grid cell
     left, two per tie-break cell left (0 without tuning)."""
-    from harness.tune import grid_cells, needs_tie_break, tune_path
+    from harness.tune import find_cell, grid_cells, needs_tie_break, tune_path
     tune = spec.train.get("tune")
     if not tune:
         return 0
@@ -134,8 +134,7 @@ def tuning_cells_left(out: Path | str, spec) -> int:
     if not path.exists():
         return len(cells)
     record = json.loads(path.read_text())
-    done = record.get("cells", [])
-    left = sum(not any(all(d.get(k) == v for k, v in cell.items()) for d in done) for cell in cells)
+    left = sum(find_cell(record.get("cells", []), cell) is None for cell in cells)
     return left + 2 * len(needs_tie_break(spec, record))
 
 

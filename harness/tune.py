@@ -61,7 +61,8 @@ def _setting(cell: dict, keys) -> dict:
     return {k: v for k, v in cell.items() if k in keys}
 
 
-def _find(cells: list[dict], setting: dict) -> dict | None:
+def find_cell(cells: list[dict], setting: dict) -> dict | None:
+    """The first of `cells` with every value of `setting` (None if none has)."""
     return next((c for c in cells if all(c.get(k) == v for k, v in setting.items())), None)
 
 
@@ -77,10 +78,10 @@ def choose(cells: list[dict], tie_break: list[dict] | None = None) -> dict:
     (when `tie_break` scores every tied cell); then the first in grid order."""
     keys = cells_grid_keys(cells)
     leaders = tied_leaders(cells)
-    broken = [_find(tie_break or [], s) for s in leaders]
+    broken = [find_cell(tie_break or [], s) for s in leaders]
     if leaders and all(broken):
         best = max(b["valid_em"] for b in broken)
-        cells = [_find(cells, s) for s, b in zip(leaders, broken) if b["valid_em"] == best]
+        cells = [find_cell(cells, s) for s, b in zip(leaders, broken) if b["valid_em"] == best]
     best = max(cells, key=lambda cell: cell["valid_em"])   # max keeps the first of equals: grid order
     return _setting(best, keys)
 
@@ -116,7 +117,7 @@ def needs_tie_break(spec: RunSpec, record: dict) -> list[dict]:
     """The tied settings whose tie-break cell is not yet in `record` ([] when none is needed)."""
     if len(spec.train.get("curriculum") or []) < 2 or len(record["cells"]) < len(grid_cells(spec.train["tune"])):
         return []
-    return [s for s in tied_leaders(record["cells"]) if _find(record.get("tie_break", []), s) is None]
+    return [s for s in tied_leaders(record["cells"]) if find_cell(record.get("tie_break", []), s) is None]
 
 
 def settled_choice(out: Path, spec: RunSpec) -> dict | None:
@@ -142,7 +143,7 @@ def tune(spec: RunSpec, out: Path, device: str = "cpu") -> dict:
             "tune_id": tune_id(spec), "grid": tune_spec["grid"], "steps": tune_spec["steps"],
             "seed": tune_spec.get("seed", 0), "method": spec.method, "cells": []}
         for cell in grid_cells(tune_spec):
-            if _find(record["cells"], cell) is not None:
+            if find_cell(record["cells"], cell) is not None:
                 continue
             log.info("%s: tuning %s", spec.label(), cell)
             record["cells"].append({**cell, **train_cell(cell_spec(spec, cell), device)})

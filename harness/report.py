@@ -320,26 +320,25 @@ def tuning_markdown(frame: pd.DataFrame | str | Path, suite: str, scale: str) ->
         row = {"method": label}
         if floats is not None:
             row["memory floats"] = f"{int(floats[group['run_id']].max()):,}" if floats[group["run_id"]].notna().any() else ""
+        second = tuning.get("second_stage") or []
         for entry in tuning.get("cells", []):
             name = _setting(entry, keys)
             if name not in columns:
                 columns.append(name)
-            em = entry.get("valid_em")
-            text = "—" if _missing(em) else f"{100 * em:.1f}"
+            scores = [entry] + [s for s in second if all(s.get(k) == entry.get(k) for k in keys)][:1]
+            text = " / ".join("—" if _missing(s.get("valid_em")) else f"{100 * s['valid_em']:.1f}" for s in scores)
             row[name] = f"**{text}**" if all(entry.get(k) == chosen.get(k) for k in keys) else text
-        if tuning.get("tie_break"):
-            stage = ", ".join(f"{k}={v}" for k, v in (tuning.get("tie_break_stage") or {}).items())
-            row["tie broken on the next stage"] = f"{stage}: " + "; ".join(
-                f"{_setting(entry, keys)} {100 * entry['valid_em']:.1f}" for entry in tuning["tie_break"])
+        if second:
+            row["second stage"] = ", ".join(f"{k}={v}" for k, v in (tuning.get("second_stage_task") or {}).items())
         row.update({"chosen": _setting(chosen, keys), "tuned on seed": tuning.get("seed"),
                     "tuning steps": tuning.get("steps"),
                     "used by seeds": ", ".join(str(int(s)) for s in sorted(group["seed"].unique()))})
         rows.append(row)
     table = pd.DataFrame(rows)
     head = ["method"] + (["memory floats"] if "memory floats" in table else [])
-    ties = ["tie broken on the next stage"] if "tie broken on the next stage" in table else []
-    table = table[head + columns + ties + ["chosen", "tuned on seed", "tuning steps", "used by seeds"]].fillna("")
+    second = ["second stage"] if "second stage" in table else []
+    table = table[head + columns + second + ["chosen", "tuned on seed", "tuning steps", "used by seeds"]].fillna("")
     return (table.astype(str).to_markdown(index=False, disable_numparse=True) + "\n\nCells: validation exact match (%) of each grid setting after "
-            "the tuning steps on the first curriculum stage; tie broken: the validation exact match (%) of the "
-            "cells tied for the best score after training on through the next stage; bold: the setting chosen for training; "
+            "at most the tuning steps on the first curriculum stage / then on the second (`second stage`; "
+            "a cell without it predates two-stage tuning); bold: the setting chosen for training; "
             "—: no score (the cell failed or diverged).\n")

@@ -123,19 +123,14 @@ def stage_budgets(spec, per_step: list[float] | None = None) -> list[int]:
 
 
 def tuning_cells_left(out: Path | str, spec) -> int:
-    """Tuning budgets (`tune.steps` each) not yet in the run's tuning cache: one per grid cell
-    left, two per tie-break cell left (0 without tuning)."""
-    from harness.tune import find_cell, grid_cells, needs_tie_break, tune_path
-    tune = spec.train.get("tune")
-    if not tune:
+    """Tuning budgets (`tune.steps` each: one per cell and tuning stage) not yet in the run's
+    tuning cache (0 without tuning)."""
+    from harness.tune import cells_left, tune_path, tuning_stages
+    if not spec.train.get("tune"):
         return 0
-    cells = grid_cells(tune)
     path = tune_path(out, spec)
-    if not path.exists():
-        return len(cells)
-    record = json.loads(path.read_text())
-    left = sum(find_cell(record.get("cells", []), cell) is None for cell in cells)
-    return left + 2 * len(needs_tie_break(spec, record))
+    record = json.loads(path.read_text()) if path.exists() else {}
+    return len(cells_left(spec, record)) * tuning_stages(spec)
 
 
 @dataclass

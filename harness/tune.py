@@ -1,17 +1,19 @@
-"""Per-method tuning of train settings (e.g. lr x warmup) on the first stage's validation split.
+"""Per-method tuning of train settings (e.g. lr x warmup) on the first two stages' validation split.
 
-Every grid cell trains the run's method from scratch on the first curriculum stage for
-`tune.steps` steps with seed `tune.seed` and records its best validation exact match; the best
-cell trains the run. When several cells tie for the best score (an easy first stage saturates:
-five of six cells at 100% for Mamba on 2 KV pairs), the tied cells train on through the next
-stage (at most `tune.steps` more steps) and the best score there breaks the tie; cells still tied
-go by grid order. Suites list learning rates in ascending order, so of equal cells the smaller
-rate trains the run: fewest steps to the score, the earlier rule, picked Mamba's lr 3e-3, on
-which one of its three KV seeds stalled where lr 1e-3 did not. Every method of a suite gets the
-same grid, budget and rule. The cells are cached in
-`results/<suite>/tuning/<tune_id>.json`, keyed by the run's spec without its seed and the tuned
-settings: every seed of a run shares one tuning, and a rerun tunes nothing. Parallel workers
-wait on a lock instead of tuning the same id twice.
+Every grid cell trains the run's method from scratch with seed `tune.seed` through the first two
+curriculum stages (one if the run has one), at most `tune.steps` steps each, and records each
+stage's best validation exact match; the cell with the best second-stage score trains the run
+(equal scores: the better first-stage score, then grid order, so the smaller of equal learning
+rates when a suite lists them ascending). Why two stages: the first one is easy enough that most
+cells saturate it, and its winner was often wrong for the later stages: on 2 KV pairs RMT x1's
+lr 3e-4 led the lr 1e-3 cells by one to three validation examples, then held 53% of 4 pairs
+where lr 1e-3 held 100%;
+Mamba's fastest cell at 100%, lr 3e-3, stalled in one of three seeds. Every method of a suite
+gets the same grid, budget and rule. The cells are cached in
+`results/<suite>/tuning/<tune_id>.json` (`cells`: first-stage scores, `second_stage`: second-stage
+scores), keyed by the run's spec without its seed and the tuned settings: every seed of a run
+shares one tuning, and a rerun tunes nothing. Parallel workers wait on a lock instead of tuning
+the same id twice.
 """
 from __future__ import annotations
 
@@ -66,24 +68,15 @@ def find_cell(cells: list[dict], setting: dict) -> dict | None:
     return next((c for c in cells if all(c.get(k) == v for k, v in setting.items())), None)
 
 
-def tied_leaders(cells: list[dict]) -> list[dict]:
-    """The settings that share the best validation EM, in grid order; [] when one cell leads."""
-    best = max(c["valid_em"] for c in cells)
-    leaders = [_setting(c, cells_grid_keys(cells)) for c in cells if c["valid_em"] == best]
-    return leaders if len(leaders) > 1 else []
-
-
-def choose(cells: list[dict], tie_break: list[dict] | None = None) -> dict:
-    """The best cell: highest validation EM; among tied cells the highest EM on the tie-break stage
-    (when `tie_break` scores every tied cell); then the first in grid order."""
+def choose(cells: list[dict], second_stage: list[dict] | None = None) -> dict:
+    """The best cell: highest second-stage validation EM (when `second_stage` scores every cell),
+    then highest first-stage EM, then the first in grid order."""
     keys = cells_grid_keys(cells)
-    leaders = tied_leaders(cells)
-    broken = [find_cell(tie_break or [], s) for s in leaders]
-    if leaders and all(broken):
-        best = max(b["valid_em"] for b in broken)
-        cells = [find_cell(cells, s) for s, b in zip(leaders, broken) if b["valid_em"] == best]
-    best = max(cells, key=lambda cell: cell["valid_em"])   # max keeps the first of equals: grid order
-    return _setting(best, keys)
+    second = [find_cell(second_stage or [], _setting(c, keys)) for c in cells]
+    if not all(second):
+        second = [{"valid_em": 0.0}] * len(cells)
+    best = max(zip(cells, second), key=lambda pair: (pair[1]["valid_em"], pair[0]["valid_em"]))   # first of equals
+    return _setting(best[0], keys)
 
 
 def cell_spec(spec: RunSpec, cell: dict, stages: int = 1) -> RunSpec:
@@ -95,8 +88,9 @@ def cell_spec(spec: RunSpec, cell: dict, stages: int = 1) -> RunSpec:
     return RunSpec(**{**spec.to_dict(), "train": train, "seed": tune.get("seed", 0)})
 
 
-def train_cell(spec: RunSpec, device: str) -> dict:
-    """Best validation EM (and the step it came at) of one grid cell on its last stage."""
+def train_cell(spec: RunSpec, device: str) -> list[dict]:
+    """Best validation EM (and the step it came at) of one grid cell on each of its stages; a stage
+    lost to a divergence scores 0."""
     from harness.runner import build_run, seed_everything
     from harness.train import Trainer
     seed_everything(spec.seed)
@@ -107,33 +101,37 @@ def train_cell(spec: RunSpec, device: str) -> dict:
                           spec.seed, device, Path(tmp) / "metrics.jsonl", None, label=f"tune {spec.label()}",
                           progress=False, test_at_stage_end=False)
         result = trainer.run()
-    reached = len(result["stages"]) == len(spec.train["curriculum"] or [{}])   # no stage lost to a divergence
-    stage = result["stages"][-1] if reached else {"best_valid_em": 0.0, "best_step": 0}
-    return {"valid_em": max(stage["best_valid_em"], 0.0), "best_step": stage["best_step"],
-            "seconds": round(result["train_seconds"], 1)}
+    seconds = round(result["train_seconds"], 1)
+    scores = [{"valid_em": max(stage["best_valid_em"], 0.0), "best_step": stage["best_step"], "seconds": seconds}
+              for stage in result["stages"]]
+    lost = len(spec.train["curriculum"] or [{}]) - len(scores)
+    return scores + [{"valid_em": 0.0, "best_step": 0, "seconds": seconds}] * lost
 
 
-def needs_tie_break(spec: RunSpec, record: dict) -> list[dict]:
-    """The tied settings whose tie-break cell is not yet in `record` ([] when none is needed)."""
-    if len(spec.train.get("curriculum") or []) < 2 or len(record["cells"]) < len(grid_cells(spec.train["tune"])):
-        return []
-    return [s for s in tied_leaders(record["cells"]) if find_cell(record.get("tie_break", []), s) is None]
+def tuning_stages(spec: RunSpec) -> int:
+    return min(2, len(spec.train.get("curriculum") or [{}]))
+
+
+def cells_left(spec: RunSpec, record: dict) -> list[dict]:
+    """The grid settings whose scores are not all in `record` yet."""
+    two = tuning_stages(spec) == 2
+    return [cell for cell in grid_cells(spec.train["tune"])
+            if find_cell(record.get("cells", []), cell) is None
+            or (two and find_cell(record.get("second_stage", []), cell) is None)]
 
 
 def settled_choice(out: Path, spec: RunSpec) -> dict | None:
     """The setting the run's tuning chooses, read from its cache without training anything; None
-    while a grid or tie-break cell is missing."""
+    while a cell is missing."""
     path = tune_path(out, spec)
     if not path.exists():
         return None
     record = json.loads(path.read_text())
-    if len(record["cells"]) < len(grid_cells(spec.train["tune"])) or needs_tie_break(spec, record):
-        return None
-    return choose(record["cells"], record.get("tie_break"))
+    return None if cells_left(spec, record) else choose(record["cells"], record.get("second_stage"))
 
 
 def tune(spec: RunSpec, out: Path, device: str = "cpu") -> dict:
-    """The tuning record of a run (grid, each cell's validation EM, the tie-break cells, the
+    """The tuning record of a run (grid, each cell's validation EM on each tuning stage, the
     choice), computing only the cells not yet cached."""
     tune_spec = spec.train["tune"]
     path = tune_path(out, spec)
@@ -142,17 +140,16 @@ def tune(spec: RunSpec, out: Path, device: str = "cpu") -> dict:
         record = json.loads(path.read_text()) if path.exists() else {
             "tune_id": tune_id(spec), "grid": tune_spec["grid"], "steps": tune_spec["steps"],
             "seed": tune_spec.get("seed", 0), "method": spec.method, "cells": []}
-        for cell in grid_cells(tune_spec):
-            if find_cell(record["cells"], cell) is not None:
-                continue
+        stages = tuning_stages(spec)
+        for cell in cells_left(spec, record):
             log.info("%s: tuning %s", spec.label(), cell)
-            record["cells"].append({**cell, **train_cell(cell_spec(spec, cell), device)})
+            scores = train_cell(cell_spec(spec, cell, stages), device)
+            if find_cell(record["cells"], cell) is None:
+                record["cells"].append({**cell, **scores[0]})
+            if stages == 2:
+                record["second_stage_task"] = spec.train["curriculum"][1]
+                record.setdefault("second_stage", []).append({**cell, **scores[1]})
             store.write_json(path, record)   # one cell at a time: an interrupted tuning resumes
-        for cell in needs_tie_break(spec, record):
-            log.info("%s: breaking a tuning tie with %s on stage 2", spec.label(), cell)
-            record["tie_break_stage"] = spec.train["curriculum"][1]
-            record.setdefault("tie_break", []).append({**cell, **train_cell(cell_spec(spec, cell, 2), device)})
-            store.write_json(path, record)
-        record["chosen"] = choose(record["cells"], record.get("tie_break"))
+        record["chosen"] = choose(record["cells"], record.get("second_stage"))
         store.write_json(path, record)
     return record

@@ -211,15 +211,15 @@ def test_tuning_table_lists_every_grid_cell_and_the_choice(tmp_path):
     assert "**90.0**" in (out / "tuning_capacity_cpu.md").read_text()
 
 
-def test_tuning_table_shows_how_a_tie_was_broken(tmp_path):
+def test_tuning_table_shows_both_tuning_stages(tmp_path):
     grid = {"lr": [3e-4, 1e-3]}
-    cells = [{"lr": 3e-4, "valid_em": 1.0, "best_step": 500}, {"lr": 1e-3, "valid_em": 1.0, "best_step": 250}]
-    tie_break = [{"lr": 3e-4, "valid_em": 0.95, "best_step": 1500}, {"lr": 1e-3, "valid_em": 0.8, "best_step": 1250}]
-    tuning = {"grid": grid, "cells": cells, "tie_break": tie_break, "tie_break_stage": {"pairs": 4},
-              "chosen": {"lr": 3e-4}, "seed": 0, "steps": 1000}
-    write_summary(tmp_path, {"name": "mamba"}, 0, [(2, {"default": 1.0}, False)], tuning=tuning)
-    row = next(line for line in tuning_markdown(tmp_path, "capacity", "cpu").splitlines() if line.startswith("| mamba"))
-    assert "pairs=4: lr=0.0003 95.0; lr=0.001 80.0" in row and "**100.0**" in row
+    cells = [{"lr": 3e-4, "valid_em": 1.0, "best_step": 500}, {"lr": 1e-3, "valid_em": 0.99, "best_step": 250}]
+    second = [{"lr": 3e-4, "valid_em": 0.53, "best_step": 1500}, {"lr": 1e-3, "valid_em": 1.0, "best_step": 1250}]
+    tuning = {"grid": grid, "cells": cells, "second_stage": second, "second_stage_task": {"pairs": 4},
+              "chosen": {"lr": 1e-3}, "seed": 0, "steps": 1000}
+    write_summary(tmp_path, {"name": "rmt"}, 0, [(2, {"default": 1.0}, False)], tuning=tuning)
+    row = next(line for line in tuning_markdown(tmp_path, "capacity", "cpu").splitlines() if line.startswith("| rmt"))
+    assert "| 100.0 / 53.0 |" in row and "| **99.0 / 100.0** |" in row and "pairs=4" in row
 
 
 def test_runs_trained_with_a_superseded_tuning_choice_are_kept_apart_and_marked(tmp_path):

@@ -91,22 +91,21 @@ def tiny_spec(tmp_path, **tune_spec):
 
 
 def test_tuning_picks_the_best_cell_and_reruns_nothing(tmp_path, monkeypatch):
-    spec = tiny_spec(tmp_path)
+    spec = tiny_spec(tmp_path)   # one stage: scored on it alone
     scores = {(1e-3, 0): 0.2, (1e-3, 2): 0.6, (3e-3, 0): 0.6, (3e-3, 2): 0.4}
-    best_steps = {(1e-3, 2): 2, (3e-3, 0): 1}
     calls = []
 
     def fake_cell(cell_spec, device):
         key = (cell_spec.train["lr"], cell_spec.train["warmup_steps"])
         calls.append(key)
         assert cell_spec.train["curriculum"] == [{"pairs": 2}] and cell_spec.train["steps"] == 2
-        return {"valid_em": scores[key], "best_step": best_steps.get(key, 2)}
+        return [{"valid_em": scores[key], "best_step": 2}]
 
     monkeypatch.setattr(tune, "train_cell", fake_cell)
     record = tune.tune(spec, tmp_path)
     assert len(calls) == 4
-    assert record["chosen"] == {"lr": 1e-3, "warmup_steps": 2}   # tie at 0.6 (one stage): grid order
-    assert [c["valid_em"] for c in record["cells"]] == [0.2, 0.6, 0.6, 0.4]
+    assert record["chosen"] == {"lr": 1e-3, "warmup_steps": 2}   # tie at 0.6: grid order
+    assert [c["valid_em"] for c in record["cells"]] == [0.2, 0.6, 0.6, 0.4] and "second_stage" not in record
     other_seed = RunSpec(**{**spec.to_dict(), "seed": 2})
     assert tune.tune(other_seed, tmp_path)["chosen"] == record["chosen"]
     assert len(calls) == 4                                       # cached: nothing retrained
@@ -114,32 +113,37 @@ def test_tuning_picks_the_best_cell_and_reruns_nothing(tmp_path, monkeypatch):
 
 def two_stage_spec(tmp_path):
     spec = tiny_spec(tmp_path)
-    train = {**spec.train, "curriculum": [{"pairs": 2}, {"pairs": 3}]}
+    train = {**spec.train, "curriculum": [{"pairs": 2}, {"pairs": 3}, {"pairs": 4}]}
     return RunSpec(**{**spec.to_dict(), "train": train})
 
 
-def test_a_tie_is_broken_on_the_next_stage_and_only_the_tied_cells_train_there(tmp_path, monkeypatch):
+def test_cells_are_scored_on_the_second_stage_and_only_missing_scores_train(tmp_path, monkeypatch):
     spec = two_stage_spec(tmp_path)
-    first = {(1e-3, 0): 1.0, (1e-3, 2): 0.5, (3e-3, 0): 1.0, (3e-3, 2): 1.0}
-    second = {(1e-3, 0): 0.7, (3e-3, 0): 0.9, (3e-3, 2): 0.6}
+    first = {(1e-3, 0): 1.0, (1e-3, 2): 0.5, (3e-3, 0): 1.0, (3e-3, 2): 0.9}
+    second = {(1e-3, 0): 0.7, (1e-3, 2): 0.4, (3e-3, 0): 0.8, (3e-3, 2): 0.8}
     calls = []
 
     def fake_cell(cell_spec, device):
         key = (cell_spec.train["lr"], cell_spec.train["warmup_steps"])
-        stages = len(cell_spec.train["curriculum"])
-        calls.append((key, stages))
-        assert cell_spec.train["steps"] == 2 * stages and cell_spec.train["stage_steps"] == 2
-        # (1e-3, 0) leads the tied cells in grid order; (3e-3, 0) is best on the second stage
-        return {"valid_em": (first if stages == 1 else second)[key], "best_step": 1 if key == (3e-3, 2) else 2}
+        calls.append(key)
+        assert cell_spec.train["curriculum"] == [{"pairs": 2}, {"pairs": 3}]   # the first two stages
+        assert cell_spec.train["steps"] == 4 and cell_spec.train["stage_steps"] == 2
+        return [{"valid_em": first[key], "best_step": 2}, {"valid_em": second[key], "best_step": 4}]
 
     monkeypatch.setattr(tune, "train_cell", fake_cell)
+    path = tune.tune_path(tmp_path, spec)
+    old = {"tune_id": tune.tune_id(spec), "grid": spec.train["tune"]["grid"], "steps": 2, "seed": 0,
+           "method": spec.method, "cells": [{"lr": lr, "warmup_steps": w, "valid_em": first[(lr, w)], "best_step": 2}
+                                           for lr, w in first]}
+    store.write_json(path, old)   # a record from before two-stage tuning: first-stage scores only
     assert tune.settled_choice(tmp_path, spec) is None
     record = tune.tune(spec, tmp_path)
-    assert sorted(k for k, stages in calls if stages == 2) == [(1e-3, 0), (3e-3, 0), (3e-3, 2)]
-    assert record["chosen"] == {"lr": 3e-3, "warmup_steps": 0}      # not the first tied cell in grid order
+    assert len(calls) == 4 and len(record["cells"]) == 4 and record["second_stage_task"] == {"pairs": 3}
+    # (3e-3, 0) and (3e-3, 2) tie on the second stage; (3e-3, 0) is better on the first
+    assert record["chosen"] == {"lr": 3e-3, "warmup_steps": 0}
     assert tune.settled_choice(tmp_path, spec) == record["chosen"]
     tune.tune(spec, tmp_path)
-    assert len(calls) == 7                                            # cached: nothing retrained
+    assert len(calls) == 4                                            # cached: nothing retrained
 
 
 def test_a_run_trained_before_its_tuning_choice_changed_trains_again(tmp_path, monkeypatch):
@@ -152,10 +156,8 @@ def test_a_run_trained_before_its_tuning_choice_changed_trains_again(tmp_path, m
     path = tune.tune_path(out, spec)
     record = json.loads(path.read_text())
     other = next(c for c in record["cells"] if {k: c[k] for k in record["chosen"]} != record["chosen"])
-    for cell in record["cells"]:
-        cell["valid_em"] = 0.0
-    other["valid_em"] = 1.0                                           # the tuning now chooses another cell
-    record.pop("tie_break", None)
+    for cell in record["cells"] + record["second_stage"]:             # the tuning now chooses another cell
+        cell["valid_em"] = 1.0 if all(cell[k] == other[k] for k in record["chosen"]) else 0.0
     path.write_text(json.dumps(record))
     assert not runner.is_done(out, spec)
     assert runner.execute_run(spec, out, cache_dir=cache, progress=False).status in ("finished", "collapsed")

@@ -302,6 +302,7 @@ def tuning_markdown(frame: pd.DataFrame | str | Path, suite: str, scale: str) ->
     """One row per method label (and tuning record) of a suite at one scale: the validation exact
     match (%) of every cell of the tuning grid, the chosen setting (bold), the seed and steps it was
     tuned with, and the seeds whose runs used it. `frame` may be a results folder."""
+    from harness.tune import find_cell
     if not isinstance(frame, pd.DataFrame):
         from harness import store
         frame = store.load(frame)
@@ -325,7 +326,8 @@ def tuning_markdown(frame: pd.DataFrame | str | Path, suite: str, scale: str) ->
             name = _setting(entry, keys)
             if name not in columns:
                 columns.append(name)
-            scores = [entry] + [s for s in second if all(s.get(k) == entry.get(k) for k in keys)][:1]
+            on_second = find_cell(second, {k: entry.get(k) for k in keys})
+            scores = [entry] + ([on_second] if on_second else [])
             text = " / ".join("—" if _missing(s.get("valid_em")) else f"{100 * s['valid_em']:.1f}" for s in scores)
             row[name] = f"**{text}**" if all(entry.get(k) == chosen.get(k) for k in keys) else text
         if second:

@@ -108,7 +108,7 @@ def trained_choice(out: Path, spec: RunSpec) -> dict | None:
 
 def is_done(out: Path, spec: RunSpec) -> bool:
     """Finished, and a tuned run trained with the setting its tuning chooses now: a run trained
-    before its tuning's choice changed (a tie broken since) is not done."""
+    before its tuning was rescored (e.g. on a second stage) to another choice is not done."""
     if not store.is_finished(out, spec.suite, spec.run_id):
         return False
     return not spec.train.get("tune") or settled_choice(out, spec) == trained_choice(out, spec)
@@ -146,12 +146,13 @@ def _train_and_record(spec: RunSpec, out: Path, device: str, cache_dir: Path, pr
         train = {**spec.train, **tuning["chosen"]}
         started = time.time()   # wall_seconds: this run alone (the shared tuning has its own cells)
         if store.is_finished(out, spec.suite, spec.run_id):
-            if trained_choice(out, spec) == tuning["chosen"]:   # kept: its summary gets the new record
-                summary = json.loads((directory / "summary.json").read_text())
+            summary = json.loads((directory / "summary.json").read_text())
+            trained = (summary.get("tuning") or {}).get("chosen")
+            if trained == tuning["chosen"]:   # kept: its summary gets the new record
                 store.write_json(directory / "summary.json", {**summary, "tuning": tuning})
                 return RunOutcome(spec.run_id, spec.label(), "skipped")
             log.warning("%s: trained with %s, its tuning now chooses %s: training it again", spec.label(),
-                        trained_choice(out, spec), tuning["chosen"])
+                        trained, tuning["chosen"])
             (directory / "summary.json").unlink()
     seed_everything(spec.seed)
     task, method = build_run(spec)
@@ -232,10 +233,11 @@ def run_specs(specs: list[RunSpec], out: Path, device: str = "cpu", jobs: int = 
     A run that raises is reported as failed and the others go on.
     """
     plugins = plugins or []
-    outcomes = [RunOutcome(s.run_id, s.label(), "skipped") for s in specs if is_done(out, s)]
+    done = [is_done(out, s) for s in specs]
+    outcomes = [RunOutcome(s.run_id, s.label(), "skipped") for s, d in zip(specs, done) if d]
     # seed-major order: the first seed of every setting goes first, so parallel workers tune
     # different settings instead of one waiting on another's tuning lock
-    pending = sorted((s for s in specs if not is_done(out, s)), key=lambda s: s.seed)
+    pending = sorted((s for s, d in zip(specs, done) if not d), key=lambda s: s.seed)
     if not pending:
         return outcomes
     if jobs == 1 and backend == "loky":

@@ -143,7 +143,8 @@ def load(results: Path | str = "results") -> pd.DataFrame:
 
 def tuning_superseded(summary: dict, tuning_dir: Path) -> bool:
     """Whether the run trained with a setting its tuning record (`tuning_dir/<tune_id>.json`) no
-    longer chooses: a tie broken after it trained; the next invocation of its suite retrains it."""
+    longer chooses (the tuning was rescored after it trained); the next invocation of its suite
+    retrains it."""
     tuning = summary.get("tuning") or {}
     path = Path(tuning_dir) / f"{tuning.get('tune_id')}.json"
     if not tuning or not path.exists():

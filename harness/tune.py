@@ -7,9 +7,8 @@ stage's best validation exact match; the cell with the best second-stage score t
 rates when a suite lists them ascending). Why two stages: the first one is easy enough that most
 cells saturate it, and its winner was often wrong for the later stages: on 2 KV pairs RMT x1's
 lr 3e-4 led the lr 1e-3 cells by one to three validation examples, then held 53% of 4 pairs
-where lr 1e-3 held 100%;
-Mamba's fastest cell at 100%, lr 3e-3, stalled in one of three seeds. Every method of a suite
-gets the same grid, budget and rule. The cells are cached in
+where lr 1e-3 held 100%; Mamba's fastest cell at 100%, lr 3e-3, stalled in one of three seeds.
+Every method of a suite gets the same grid, budget and rule. The cells are cached in
 `results/<suite>/tuning/<tune_id>.json` (`cells`: first-stage scores, `second_stage`: second-stage
 scores), keyed by the run's spec without its seed and the tuned settings: every seed of a run
 shares one tuning, and a rerun tunes nothing. Parallel workers wait on a lock instead of tuning

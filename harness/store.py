@@ -131,26 +131,36 @@ def summary_rows(summary: dict) -> list[dict]:
 def load(results: Path | str = "results") -> pd.DataFrame:
     """Every training run's summary under `results` as one DataFrame (one row per stage and
     evaluated write setting). Summaries with a `kind` (latency cells, `harness.latency`) are not
-    training runs and are left out."""
+    training runs and are left out.
+    A run's `tuning` is its suite's current tuning record (`<suite>/tuning/<tune_id>.json`, the
+    one with every cell scored so far) when that record still chooses the setting the run trained
+    with, else the copy in its summary, and `superseded_tuning` says which."""
     rows = []
     for path in sorted(Path(results).glob("*/*/summary.json")):
         summary = json.loads(path.read_text())
         if "kind" not in summary:
-            superseded = tuning_superseded(summary, path.parent.parent / "tuning")
+            current = current_tuning(summary, path.parent.parent / "tuning")
+            superseded = tuning_superseded(summary, current)
+            if current is not None and not superseded:
+                summary = {**summary, "tuning": current}
             rows.extend({**row, "superseded_tuning": superseded} for row in summary_rows(summary))
     return pd.DataFrame(rows)
 
 
-def tuning_superseded(summary: dict, tuning_dir: Path) -> bool:
-    """Whether the run trained with a setting its tuning record (`tuning_dir/<tune_id>.json`) no
+def current_tuning(summary: dict, tuning_dir: Path) -> dict | None:
+    """The tuning record (`tuning_dir/<tune_id>.json`) of the run's tuning as it stands now; None
+    when the run was not tuned or the record is not there."""
+    tune_id = (summary.get("tuning") or {}).get("tune_id")
+    path = Path(tuning_dir) / f"{tune_id}.json"
+    return json.loads(path.read_text()) if tune_id and path.exists() else None
+
+
+def tuning_superseded(summary: dict, current: dict | None) -> bool:
+    """Whether the run trained with a setting its current tuning record (`current_tuning`) no
     longer chooses (the tuning was rescored after it trained); the next invocation of its suite
     retrains it."""
-    tuning = summary.get("tuning") or {}
-    path = Path(tuning_dir) / f"{tuning.get('tune_id')}.json"
-    if not tuning or not path.exists():
-        return False
-    current = json.loads(path.read_text()).get("chosen")
-    return current is not None and current != tuning.get("chosen")
+    chosen = (current or {}).get("chosen")
+    return chosen is not None and chosen != (summary.get("tuning") or {}).get("chosen")
 
 
 LEGACY_KEYS = {"eval": {"write_steps": "write_settings"}}

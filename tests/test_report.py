@@ -222,6 +222,19 @@ def test_tuning_table_shows_both_tuning_stages(tmp_path):
     assert "| 100.0 / 53.0 |" in row and "| **99.0 / 100.0** |" in row and "pairs=4" in row
 
 
+def test_tuning_table_reads_the_current_record_for_runs_whose_choice_holds(tmp_path):
+    # seed 0 kept an older copy of the record (before the second stage was scored): one row, both stages
+    cells = [{"lr": 1e-3, "valid_em": 1.0}, {"lr": 3e-3, "valid_em": 1.0}]
+    old = {"tune_id": "t2", "grid": {"lr": [1e-3, 3e-3]}, "cells": cells, "chosen": {"lr": 1e-3}, "seed": 0, "steps": 9}
+    new = {**old, "second_stage": [{"lr": 1e-3, "valid_em": 0.97}, {"lr": 3e-3, "valid_em": 0.66}],
+           "second_stage_task": {"pairs": 4}}
+    write_summary(tmp_path, {"name": "mamba"}, 0, [(2, {"default": 1.0}, False)], tuning=old)
+    write_summary(tmp_path, {"name": "mamba"}, 1, [(2, {"default": 1.0}, False)], tuning=new)
+    store.write_json(tmp_path / "capacity" / "tuning" / "t2.json", new)
+    rows = [line for line in tuning_markdown(tmp_path, "capacity", "cpu").splitlines() if line.startswith("| mamba")]
+    assert len(rows) == 1 and "**100.0 / 97.0**" in rows[0] and "0, 1" in rows[0]
+
+
 def test_runs_trained_with_a_superseded_tuning_choice_are_kept_apart_and_marked(tmp_path):
     cells = [{"lr": 1e-3, "valid_em": 1.0, "best_step": 250}, {"lr": 3e-3, "valid_em": 1.0, "best_step": 500}]
     old = {"tune_id": "t1", "grid": {"lr": [1e-3, 3e-3]}, "cells": cells, "chosen": {"lr": 1e-3}}

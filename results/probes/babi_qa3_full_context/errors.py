@@ -2,8 +2,8 @@
 
     PYTHONPATH=. python results/probes/babi_qa3_full_context/errors.py [RESULTS_RUN_DIR] [CHECKPOINT]
 
-Defaults: the babi cpu suite's QA3 full-context run and its best weights of the last stage (kept
-under .cache/checkpoints by the runner). 1,000 generated stories (seed 12345), one question each
+Defaults: the babi cpu suite's QA3 full-context run and the best weights of its last stage (kept
+under .cache/checkpoints/<run id>/ by the runner). 1,000 generated stories (seed 12345), one question each
 about an object that moved at least once; each answer is sorted by where the place comes from.
 """
 import collections
@@ -19,8 +19,9 @@ from harness.runner import build_run
 from harness.schema import RunSpec
 from tasks.babi import LOCATIONS, Example, Query, _story
 
-run_dir = Path(sys.argv[1] if len(sys.argv) > 1 else "results/babi/945646892e75")
-checkpoint = sys.argv[2] if len(sys.argv) > 2 else f".cache/checkpoints/{run_dir.name}/best_stage4.pt"
+run_dir = Path(sys.argv[1] if len(sys.argv) > 1 else "results/babi/d1d2742481c0")
+checkpoint = sys.argv[2] if len(sys.argv) > 2 else max(
+    Path(".cache/checkpoints", run_dir.name).glob("best_stage*.pt"), key=lambda p: int(p.stem[len("best_stage"):]))
 spec = RunSpec.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
 task, method = build_run(spec)
 method.load_state_dict(torch.load(checkpoint, map_location="cpu"))

@@ -151,9 +151,9 @@ def _train_and_record(spec: RunSpec, out: Path, device: str, cache_dir: Path, pr
             if trained == tuning["chosen"]:   # kept: its summary gets the new record
                 store.write_json(directory / "summary.json", {**summary, "tuning": tuning})
                 return RunOutcome(spec.run_id, spec.label(), "skipped")
+            # its summary stays (tables mark it superseded) until the new run's replaces it
             log.warning("%s: trained with %s, its tuning now chooses %s: training it again", spec.label(),
                         trained, tuning["chosen"])
-            (directory / "summary.json").unlink()
     seed_everything(spec.seed)
     task, method = build_run(spec)
     method.to(device)

@@ -103,7 +103,7 @@ def seed_everything(seed: int) -> None:
 def trained_choice(out: Path, spec: RunSpec) -> dict | None:
     """The tuned setting a finished run trained with (None without tuning)."""
     summary = json.loads((store.run_dir(out, spec.suite, spec.run_id) / "summary.json").read_text())
-    return (summary.get("tuning") or {}).get("chosen")
+    return store.trained_setting(summary)
 
 
 def is_done(out: Path, spec: RunSpec) -> bool:
@@ -147,7 +147,7 @@ def _train_and_record(spec: RunSpec, out: Path, device: str, cache_dir: Path, pr
         started = time.time()   # wall_seconds: this run alone (the shared tuning has its own cells)
         if store.is_finished(out, spec.suite, spec.run_id):
             summary = json.loads((directory / "summary.json").read_text())
-            trained = (summary.get("tuning") or {}).get("chosen")
+            trained = store.trained_setting(summary)
             if trained == tuning["chosen"]:   # kept: its summary gets the new record
                 store.write_json(directory / "summary.json", {**summary, "tuning": tuning})
                 return RunOutcome(spec.run_id, spec.label(), "skipped")

@@ -155,12 +155,17 @@ def current_tuning(summary: dict, tuning_dir: Path) -> dict | None:
     return json.loads(path.read_text()) if tune_id and path.exists() else None
 
 
+def trained_setting(summary: dict) -> dict | None:
+    """The tuned setting a run's summary says it trained with (None without tuning)."""
+    return (summary.get("tuning") or {}).get("chosen")
+
+
 def tuning_superseded(summary: dict, current: dict | None) -> bool:
     """Whether the run trained with a setting its current tuning record (`current_tuning`) no
     longer chooses (the tuning was rescored after it trained); the next invocation of its suite
     retrains it."""
     chosen = (current or {}).get("chosen")
-    return chosen is not None and chosen != (summary.get("tuning") or {}).get("chosen")
+    return chosen is not None and chosen != trained_setting(summary)
 
 
 LEGACY_KEYS = {"eval": {"write_steps": "write_settings"}}

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -75,7 +76,7 @@ class Trainer:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         data = {"method": _cpu_state(self.method), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "state": self.state}
+                "scheduler": self.scheduler.state_dict(), "state": self.state, "train": asdict(self.config)}
         tmp = path.with_suffix(".tmp")
         torch.save(data, tmp)
         tmp.replace(path)
@@ -94,6 +95,14 @@ class Trainer:
             self.metrics_path.unlink(missing_ok=True)  # a curve from a run that left no checkpoint
             return False
         data = torch.load(path, map_location="cpu", weights_only=False)
+        if data.get("train", asdict(self.config)) != asdict(self.config):
+            # the run id leaves out the tuned setting: a run retrained for a new tuning choice must
+            # not resume the old choice's weights, nor keep its curve
+            log.warning("%s: its checkpoint trained with other settings (%s); starting afresh", self.label,
+                        {k: v for k, v in data["train"].items() if v != asdict(self.config).get(k)})
+            path.unlink()
+            self.metrics_path.unlink(missing_ok=True)
+            return False
         self.method.load_state_dict(data["method"])
         self.optimizer.load_state_dict(data["optimizer"])
         self.scheduler.load_state_dict(data["scheduler"])

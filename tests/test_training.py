@@ -166,6 +166,27 @@ def test_a_run_trained_before_its_tuning_choice_changed_trains_again(tmp_path, m
     assert runner.is_done(out, spec)
 
 
+def test_a_checkpoint_from_other_train_settings_is_not_resumed(tmp_path):
+    """A run retrained for a new tuning choice keeps its run id: a resume point (and curve) left by
+    the old choice must not be continued under the new one."""
+    task = make_task(format="compact", pairs=2, key_length=1, value_length=1, key_symbols=6, value_symbols=6)
+
+    def trainer(lr):
+        config = build(TrainConfig, {"steps": 4, "batch_size": 2, "lr": lr}, "train")
+        return Trainer(make_method("query_only", task), task, config, build(EvalConfig, {"examples": 4}, "eval"),
+                       0, "cpu", tmp_path / "metrics.jsonl", tmp_path / "checkpoints", progress=False)
+
+    old = trainer(1e-3)
+    old.state["step"] = 2
+    old.save_checkpoint()
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2}\n')
+    assert trainer(1e-3).try_resume()                                 # same settings: resumes at step 2
+    assert [r["step"] for r in store.read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2]
+    fresh = trainer(3e-3)
+    assert not fresh.try_resume() and fresh.state["step"] == 0
+    assert not (tmp_path / "checkpoints" / "last.pt").exists() and not (tmp_path / "metrics.jsonl").exists()
+
+
 def test_a_tuned_run_trains_with_the_chosen_cell_and_records_the_grid(tmp_path):
     from harness.runner import execute_run
     spec = tiny_spec(tmp_path)

@@ -1,0 +1,44 @@
+"""The results this repository ships obey the harness's own rules: no run whose validation curve
+fell more than its collapse threshold below the stage's best is recorded `finished`."""
+import json
+from pathlib import Path
+
+from harness import store
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
+def largest_drop(curve: list[dict]) -> float:
+    """The largest fall of validation exact match below its running best within one stage."""
+    best, drop = {}, 0.0
+    for row in curve:
+        if row.get("valid_em") is None:
+            continue
+        stage = row.get("stage", 0)
+        best[stage] = max(best.get(stage, row["valid_em"]), row["valid_em"])
+        drop = max(drop, best[stage] - row["valid_em"])
+    return drop
+
+
+def test_largest_drop_is_per_stage():
+    curve = [{"stage": 0, "valid_em": 0.9}, {"stage": 0, "valid_em": 0.6},
+             {"stage": 1, "valid_em": 0.3}, {"stage": 1, "valid_em": 0.5}]
+    assert abs(largest_drop(curve) - 0.3) < 1e-9   # the next stage starting lower is no drop
+
+
+def test_no_shipped_collapse_is_recorded_finished():
+    checked, wrong = 0, []
+    for summary_path in RESULTS.glob("**/summary.json"):
+        curve_path = summary_path.with_name("metrics.jsonl")
+        if not curve_path.exists():
+            continue
+        summary = json.loads(summary_path.read_text())
+        threshold = summary.get("spec", {}).get("train", {}).get("collapse_drop", 0.2)
+        if threshold is None or summary.get("status") != "finished":
+            continue
+        checked += 1
+        drop = largest_drop(store.read_jsonl(curve_path))
+        if drop > threshold + 1e-9:
+            wrong.append(f"{summary_path.parent.relative_to(RESULTS)}: validation fell {drop:.2f}")
+    assert checked > 0
+    assert not wrong, "finished runs that collapsed:\n" + "\n".join(wrong)

@@ -169,6 +169,29 @@ def table1_markdown(frame: pd.DataFrame, scale: str) -> str:
         + "\n" + _notes(table)
 
 
+def memsize_markdown(frame: pd.DataFrame, scale: str) -> str:
+    """Exact match (%) per method, memory size and pairs: the memsize suite's runs beside the
+    capacity suite's runs of the same methods (one row per method and memory in floats), mean ±
+    95% interval over seeds, collapsed runs marked."""
+    empty = f"_no memsize results at scale {scale}_\n"
+    if frame.empty:
+        return empty
+    subset = frame[frame["suite"].isin(["capacity", "memsize"]) & (frame["scale"] == scale)]
+    subset = trained_setting(subset.dropna(subset=["task.pairs"]))
+    subset = subset.assign(method_label=labels(subset))
+    subset = subset[subset["method_label"].isin(set(subset.loc[subset["suite"] == "memsize", "method_label"]))]
+    if subset.empty:
+        return empty
+    subset = subset.assign(label=[f"{m}, {int(f):,} floats" for m, f in zip(subset.method_label, subset.memory_floats)])
+    table = summarise(subset, ["label", "task.pairs"])
+    wide = _wide(table, "task.pairs", lambda c: f"{int(c)} pairs")
+    wide.insert(0, "seeds", table.groupby("label")["seeds"].max().astype(str))
+    order = subset.drop_duplicates("label").sort_values(["method_label", "memory_floats"])["label"]
+    wide = wide.loc[list(order)]
+    return wide.reset_index().rename(columns={"label": "method, memory"}).to_markdown(index=False, disable_numparse=True) \
+        + "\n" + _notes(table)
+
+
 PAPER_METHODS = {"gradmem_first_order": {"name": "gradmem", "order": "first"}}
 """Method strings of the paper's CSVs that are not a registered name: the spec they stand for."""
 

@@ -16,14 +16,15 @@ import pandas as pd
 
 from harness import store
 from harness.errors import HarnessError
-from harness.report import (steps_markdown, table1_beside_paper_markdown, table1_markdown, table2_markdown,
-                            tuning_markdown)
+from harness.report import (memsize_markdown, steps_markdown, table1_beside_paper_markdown, table1_markdown,
+                            table2_markdown, tuning_markdown)
 
 BLOCKS = {
     "table1": (table1_markdown, "SCALE"),           # capacity: exact match per method and pairs
     "table1_paper": (table1_beside_paper_markdown, "SCALE"),  # the same with the paper's rows under it
     "table2": (table2_markdown, "SCALE"),           # bAbI / SQuAD
     "steps": (steps_markdown, "SCALE"),             # write steps at evaluation
+    "memsize": (memsize_markdown, "SCALE"),         # capacity suite + memsize suite per memory size
     "tuning": (tuning_markdown, "SUITE SCALE"),     # tuning grid of a suite
 }
 BLOCK = re.compile(r"^<!-- generated: (?P<spec>[^>]*?) -->\n(?P<body>.*?)^<!-- end generated -->$",

@@ -12,7 +12,8 @@ from harness.cli import main
 from harness.contract import Memory, Method
 from harness.describe import describe_spec, describe_summaries
 from harness.errors import HarnessError
-from harness.report import (COLLAPSE_NOTE, capacity, paper_fig4a_markdown, paper_table1, steps_markdown,
+from harness.report import (COLLAPSE_NOTE, capacity, memsize_markdown, paper_fig4a_markdown, paper_table1,
+                            steps_markdown,
                             table1_beside_paper_markdown, table1_markdown, table2_markdown, tuning_markdown,
                             SUPERSEDED_MARK)
 from plots.__main__ import main as plots_main
@@ -276,6 +277,23 @@ def test_steps_table_bolds_the_trained_value_and_the_paper_figure_4a_is_a_table(
     assert "write steps=5" in markdown and "96.0 ± 12.7" in markdown
     paper = paper_fig4a_markdown()
     assert "| 96 pairs, gradmem K=5 |" in paper and "88.4" in paper and "best 0-30" in paper
+
+
+def test_memsize_table_puts_each_memory_size_of_a_method_on_its_own_row(tmp_path):
+    gradmem = {"name": "gradmem", "write_steps": 1}
+    for seed, em in enumerate([0.9, 1.0]):                       # the capacity suite's 4 vectors, 2 seeds
+        write_summary(tmp_path, gradmem, seed, [(2, {"default": em}, False)])
+    write_summary(tmp_path, {**gradmem, "memory_size": 8}, 0, [(2, {"default": 0.7}, False)], suite="memsize",
+                  floats=512)
+    write_summary(tmp_path, {**gradmem, "memory_size": 1}, 0, [(2, {"default": 0.5}, False)], suite="memsize",
+                  floats=64)
+    write_summary(tmp_path, {"name": "full_context"}, 0, [(2, {"default": 1.0}, False)], floats=8192)
+    rows = [line for line in memsize_markdown(store.load(tmp_path), "cpu").splitlines() if line.startswith("| gradmem")]
+    assert [row.split("|")[1].strip() for row in rows] == ["gradmem K=1, 64 floats", "gradmem K=1, 256 floats",
+                                                          "gradmem K=1, 512 floats"]   # by floats, not as text
+    assert "95.0 ± 63.5" in rows[1] and "| 50.0 " in rows[0]
+    assert "full_context" not in memsize_markdown(store.load(tmp_path), "cpu")   # only methods memsize runs
+    assert memsize_markdown(store.load(tmp_path), "gpu").startswith("_no memsize results")
 
 
 def test_readme_blocks_are_rebuilt_from_results_and_the_rest_is_kept(tmp_path):

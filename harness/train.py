@@ -95,11 +95,12 @@ class Trainer:
             self.metrics_path.unlink(missing_ok=True)  # a curve from a run that left no checkpoint
             return False
         data = torch.load(path, map_location="cpu", weights_only=False)
-        if data.get("train", asdict(self.config)) != asdict(self.config):
+        settings = asdict(self.config)
+        if data.get("train", settings) != settings:
             # the run id leaves out the tuned setting: a run retrained for a new tuning choice must
             # not resume the old choice's weights, nor keep its curve
             log.warning("%s: its checkpoint trained with other settings (%s); starting afresh", self.label,
-                        {k: v for k, v in data["train"].items() if v != asdict(self.config).get(k)})
+                        {k: v for k, v in data["train"].items() if v != settings.get(k)})
             path.unlink()
             self.metrics_path.unlink(missing_ok=True)
             return False

@@ -13,9 +13,8 @@ from harness.contract import Memory, Method
 from harness.describe import describe_spec, describe_summaries
 from harness.errors import HarnessError
 from harness.report import (COLLAPSE_NOTE, capacity, memsize_markdown, paper_fig4a_markdown, paper_table1,
-                            steps_markdown,
-                            table1_beside_paper_markdown, table1_markdown, table2_markdown, tuning_markdown,
-                            SUPERSEDED_MARK)
+                            steps_markdown, table1_beside_paper_markdown, table1_markdown, table2_markdown,
+                            tuning_markdown, SUPERSEDED_MARK)
 from plots.__main__ import main as plots_main
 from tests.test_cli import TINY
 

@@ -19,11 +19,10 @@ import tempfile
 from pathlib import Path
 
 import torch
-import yaml
 
 from harness import registry
 from harness.schema import EvalConfig, TrainConfig, resolve_section
-from harness.suite import expand_suite
+from harness.suite import expand_suite, load_yaml
 from harness.typed import build
 from harness.data import collate
 from harness.runner import build_run, seed_everything
@@ -31,9 +30,9 @@ from harness.train import Trainer
 
 
 def setting(text: str) -> tuple[str, object]:
-    """'KEY=VALUE' -> (KEY, VALUE parsed as YAML)."""
+    """'KEY=VALUE' -> (KEY, VALUE parsed as YAML, `3e-3` a float)."""
     key, value = text.split("=", 1)
-    return key, yaml.safe_load(value)
+    return key, load_yaml(value)
 
 
 def probe(args, seed: int) -> dict:

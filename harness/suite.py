@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import re
 from pathlib import Path
 
 import yaml
@@ -76,11 +77,25 @@ def _runs_of_unlisted_methods(methods: list[str], runs: list[dict], base: dict) 
     return extra
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 as PyYAML reads it, plus YAML 1.2's floats: `3e-3` is 0.003, not the text '3e-3'."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def load_yaml(text: str):
+    """Parsed YAML text; numbers in exponent form without a dot (`1e-3`) are floats."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def read_suite_file(name: str):
     """The parsed YAML of a suite (name or path); invalid YAML is a HarnessError."""
     path = registry.suite_path(name)
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        return load_yaml(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise HarnessError(f"suite file {path} is not valid YAML: {error}") from None
 

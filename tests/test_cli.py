@@ -380,3 +380,14 @@ def test_a_run_may_narrow_the_suite_sweep(tmp_path):
     bad = {**data, "runs": [{"method": {"name": "query_only"}, "sweep": {"task.pairs": []}}]}
     with pytest.raises(HarnessError, match="non-empty list"):
         expand_suite(write_suite(tmp_path, bad, "bad"), "cpu")
+
+
+def test_a_suite_writes_floats_in_exponent_form_without_a_dot(tmp_path):
+    """YAML 1.1 (PyYAML) reads `3e-3` as text; a suite file and a probe's KEY=VALUE read it as 0.003."""
+    from bench.probe_plateau import setting
+    from harness.suite import expand_suite
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(TINY).replace("lr: 0.001", "lr: 3e-3"))
+    assert "lr: 3e-3" in path.read_text()
+    assert {s.train["lr"] for s in expand_suite(str(path), "cpu")} == {0.003}
+    assert setting("lr=3e-3") == ("lr", 0.003) and setting("name=e5") == ("name", "e5")

@@ -3,7 +3,9 @@
 Trains one method of a suite (default: RMT x1 of `capacity` at cpu scale) on one curriculum
 stage (default: the suite's first; `--stage` sets the stage's task settings) with method /
 train / backbone overrides, and prints one JSON line per run: the validation exact match every
-evaluation, the written memory's RMS against the token embeddings'.
+evaluation, the written memory's RMS against the token embeddings', and with `--by-query-form`
+the best weights' validation exact match per question form (the question with every answer word
+blanked: bAbI QA4's 'What is north of the _ ?' against 'What is the _ north of ?').
 
     python -m bench.probe_plateau --method rmt --set memory_source=residual --seeds 0 1 2
     python -m bench.probe_plateau --method rmt --set reconstruction_weight=1.0 --stage pairs=4 \
@@ -15,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import tempfile
+from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -24,7 +28,9 @@ from harness import registry
 from harness.schema import EvalConfig, TrainConfig, resolve_section
 from harness.suite import expand_suite, load_yaml
 from harness.typed import build
+from harness.contract import Example
 from harness.data import collate
+from harness.evaluate import evaluate
 from harness.runner import build_run, seed_everything
 from harness.train import Trainer
 
@@ -33,6 +39,25 @@ def setting(text: str) -> tuple[str, object]:
     """'KEY=VALUE' -> (KEY, VALUE parsed as YAML, `3e-3` a float)."""
     key, value = text.split("=", 1)
     return key, load_yaml(value)
+
+
+def query_forms(examples: list[Example]) -> dict[str, list[Example]]:
+    """One-question examples grouped by the question's form: its words with every word that is
+    some question's answer in `examples` blanked ('_')."""
+    answers = {w for e in examples for q in e.queries for w in q.target.split()}
+    forms = defaultdict(list)
+    for e in examples:
+        for q in e.queries:
+            words = re.findall(r"\w+|[^\w\s]", q.text)
+            forms[" ".join("_" if w in answers else w for w in words)].append(Example(e.context, (q,)))
+    return dict(sorted(forms.items()))
+
+
+def em_by_form(method_module, task, examples: list[Example]) -> dict[str, dict]:
+    """Validation exact match and question count per question form."""
+    return {form: {"exact_match": round(evaluate(method_module, task, group)["default"]["exact_match"], 3),
+                   "questions": len(group)}
+            for form, group in query_forms(examples).items()}
 
 
 def probe(args, seed: int) -> dict:
@@ -65,13 +90,15 @@ def probe(args, seed: int) -> dict:
         memory = method_module.write(batch.context_ids, batch.context_mask)
         state = memory.state if isinstance(memory.state, torch.Tensor) else None
         emb_rms = method_module.backbone.embed(batch.context_ids).pow(2).mean().sqrt().item()
+    by_form = em_by_form(method_module, stage_task, stage_task.examples("valid", 1000, seed=0)) \
+        if args.by_query_form else None
     return {"method": spec.method, "train": {k: spec.train[k] for k in ("lr", "warmup_steps")},
             "backbone": {k: spec.backbone[k] for k in ("layers", "hidden", "heads", "ffn")},
             "stage": stage, "seed": seed,
             "valid_em": [round(r["valid_em"], 3) for r in curve], "loss": [round(r["loss"], 3) for r in curve],
             "best_em": max(r["valid_em"] for r in curve),
             "memory_rms": None if state is None else round(state.pow(2).mean().sqrt().item(), 4),
-            "embedding_rms": round(emb_rms, 4)}
+            "embedding_rms": round(emb_rms, 4), **({"valid_em_by_form": by_form} if by_form else {})}
 
 
 def main(argv=None):
@@ -88,6 +115,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--by-query-form", action="store_true",
+                        help="also score the best weights on 1,000 validation stories per question form")
     parser.add_argument("--out", help="append one JSON line per run to this file")
     args = parser.parse_args(argv)
     for seed in args.seeds:

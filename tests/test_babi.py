@@ -258,3 +258,14 @@ def test_use_tokenizer_overrides_a_property_or_a_cached_property():
         fresh = cls(TinyConfig())
         fresh.use_tokenizer(codec)
         assert type(fresh) is type(task)                 # one override class per task class
+
+
+def test_probe_groups_questions_by_form_with_answer_words_blanked():
+    """bench.probe_plateau --by-query-form: QA4's two question forms per direction, every question once."""
+    from bench.probe_plateau import query_forms
+    examples = make_babi(qa=4).examples("valid", 400, seed=0)
+    forms = query_forms(examples)
+    assert set(forms) == {f"What is {d} of the _ ?" for d in ("north", "south", "east", "west")} | \
+        {f"What is the _ {d} of ?" for d in ("north", "south", "east", "west")}
+    assert sum(len(group) for group in forms.values()) == 400
+    assert all(len(e.queries) == 1 for group in forms.values() for e in group)

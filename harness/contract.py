@@ -94,9 +94,10 @@ class Method(nn.Module, abc.ABC):
         logits[:, j] is the prediction of read_ids[:, j] from the memory and read_ids[:, :j].
         """
 
-    def train_logits(self, batch) -> torch.Tensor | None:
+    def train_logits(self, batch) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         """Training only: the logits write-then-read would give, computed another way (full
-        context: one pass over [C; Q; Y]); None (the default) makes the pipeline write and read."""
+        context: one pass over [C; Q; Y]), and the training-only term the write would attach as
+        `aux_loss` (or None); None (the default) makes the pipeline write and read."""
         return None
 
     @classmethod

@@ -56,15 +56,16 @@ def training_loss(method: Method, batch: Batch) -> tuple[torch.Tensor, torch.Ten
     """(loss to optimise, READ loss on the targets) of a training step.
 
     A training method with a `train_logits(batch)` hook (numerically write then read, computed
-    another way, e.g. full context in one pass) gives the logits; without the hook, or when it
-    returns None, the batch is written and read, and the memory's `aux_loss` (a training-only
-    term such as RMT's reconstruction loss) is added.
+    another way, e.g. full context in one pass) gives the logits and its training-only term;
+    without the hook, or when it returns None, the batch is written and read, and the memory's
+    `aux_loss` (a training-only term such as RMT's reconstruction loss) is added.
     """
-    logits = method.train_logits(batch) if method.training else None
-    aux = None
-    if logits is None:
+    hooked = method.train_logits(batch) if method.training else None
+    if hooked is None:
         logits, memory = write_then_read(method, batch)
         aux = memory.aux_loss
+    else:
+        logits, aux = hooked
     read_loss = target_loss(logits, batch)
     return (read_loss if aux is None else read_loss + aux), read_loss
 
@@ -73,6 +74,14 @@ def target_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     """Mean cross-entropy over the target tokens of the batch."""
     mask = batch.target_mask
     return F.cross_entropy(at_least_fp32(logits[mask]), batch.read_ids[mask])
+
+
+def sequence_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy of sequences: logits[:, t] predicts ids[:, t] where mask is set;
+    the mean over each sequence's real tokens, then over the batch."""
+    token_loss = F.cross_entropy(at_least_fp32(logits).transpose(1, 2), ids, reduction="none")
+    weights = mask.to(token_loss.dtype)
+    return ((token_loss * weights).sum(1) / weights.sum(1).clamp(min=1)).mean()
 
 
 def at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:

@@ -9,13 +9,12 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from harness.typed import non_negative
 from harness.contract import Memory, Method
 from harness.errors import HarnessError
-from harness.pipeline import at_least_fp32
+from harness.pipeline import sequence_loss
 
 
 MAX_MEMORY_SIZE = 4096   # memory vectors; far above any setting of the paper (<= 32)
@@ -105,10 +104,7 @@ class PrefixMemoryMethod(Method):
         weight = getattr(self.config, "reconstruction_weight", 0.0)
         if not (self.training and weight > 0):
             return memory
-        logits = at_least_fp32(self.read(memory, context_ids, context_mask))
-        token_loss = F.cross_entropy(logits.transpose(1, 2), context_ids, reduction="none")
-        mask = context_mask.to(token_loss.dtype)
-        loss = ((token_loss * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
+        loss = sequence_loss(self.read(memory, context_ids, context_mask), context_ids, context_mask)
         return dataclasses.replace(memory, aux_loss=weight * loss)
 
     def read(self, memory: Memory, read_ids: torch.Tensor, read_mask: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,12 @@ Training may skip the cache (DESIGN: "The full-context bound may train in one pa
 [C; Q1 Y1; Q2 Y2; ...], with a 4D attention mask that lets every read attend to the real
 context tokens and causally to itself only, and positions of every read continuing at len(C):
 numerically what write then read computes, in one backbone pass (tests/test_contract.py).
+
+`reconstruction_weight` (training only) adds that times the next-token loss of the context, the
+bound's counterpart of the memory writers' reconstruction loss (`+ recon`): the same signal to
+model the story, which a from-scratch backbone otherwise gets only through the answer token
+(the paper's bound is a pretrained LM). Read from the write's own hidden states; the cache and
+every logit of write and read are unchanged.
 """
 from __future__ import annotations
 
@@ -17,7 +23,9 @@ import torch
 from transformers import DynamicCache
 
 from harness.contract import Memory, Method
+from harness.pipeline import sequence_loss
 from harness.registry import register_method
+from harness.typed import non_negative
 
 # attention implementations that add a custom 4D float mask to the scores as given
 # (transformers' masking_utils returns a 4D mask unchanged)
@@ -27,7 +35,10 @@ CONTEXT, PAD = -1, -2   # segment ids of packed positions; reads are 0..Q-1
 
 @dataclass
 class FullContextConfig:
-    pass
+    reconstruction_weight: float = 0.0   # training only: this times the context's next-token loss
+
+    def validate(self, where):
+        non_negative(where, reconstruction_weight=self.reconstruction_weight)
 
 
 @dataclass
@@ -91,6 +102,19 @@ class FullContext(Method):
     summary = "upper bound: the KV-cache of the whole context (2 * layers * tokens * d floats)"
     Config = FullContextConfig
 
+    @classmethod
+    def display_label(cls, config) -> str:
+        return cls.name + (" + recon" if config.reconstruction_weight > 0 else "")
+
+    def context_loss(self, hidden: torch.Tensor, context_ids: torch.Tensor, context_mask: torch.Tensor):
+        """In training with `reconstruction_weight` > 0: that times the next-token loss of the
+        context from its hidden states (token t + 1 from position t); else None."""
+        weight = self.config.reconstruction_weight
+        if not (self.training and weight > 0):
+            return None
+        logits = self.backbone.lm_head(hidden[:, :-1])
+        return weight * sequence_loss(logits, context_ids[:, 1:], context_mask[:, 1:])
+
     def write(self, context_ids, context_mask, write_setting=None) -> Memory:
         hidden, cache = self.backbone.hidden(self.backbone.embed(context_ids),
                                              attention_mask=context_mask.long(), use_cache=True)
@@ -101,7 +125,8 @@ class FullContext(Method):
         per_token = sum(k.shape[1] * k.shape[3] + v.shape[1] * v.shape[3] for k, v in zip(keys, values))
         state = {"keys": keys, "values": values, "mask": context_mask.clone(),
                  "next_logits": self.backbone.lm_head(last)}
-        return Memory(state=state, floats=int(per_token * lengths.max().item()))
+        return Memory(state=state, floats=int(per_token * lengths.max().item()),
+                      aux_loss=self.context_loss(hidden, context_ids, context_mask))
 
     def read(self, memory, read_ids, read_mask):
         state = memory.state
@@ -117,8 +142,10 @@ class FullContext(Method):
         logits = self.backbone.lm_head(hidden)
         return torch.cat([state["next_logits"].unsqueeze(1), logits[:, :-1]], dim=1)
 
-    def train_logits(self, batch) -> torch.Tensor | None:
-        """Logits (Q, Lr, V) of write then read, from one pass over [C; Q1 Y1; Q2 Y2; ...] per context.
+    def train_logits(self, batch) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """Logits (Q, Lr, V) of write then read, from one pass over [C; Q1 Y1; Q2 Y2; ...] per
+        context, and the write's context loss (each context sits first in its row, so its hidden
+        states are the write's).
 
         None (the pipeline then writes and reads) for an attention that takes no custom 4D mask.
         """
@@ -130,4 +157,6 @@ class FullContext(Method):
         hidden, _ = self.backbone.hidden(inputs, attention_mask=packed_attention_mask(packed.segment, inputs.dtype),
                                          position_ids=packed.positions)
         predicting = hidden[batch.context_index[:, None], packed.predictor]     # (Q, Lr, d)
-        return self.backbone.lm_head(predicting)
+        width = batch.context_ids.shape[1]
+        return (self.backbone.lm_head(predicting),
+                self.context_loss(hidden[:, :width], batch.context_ids, batch.context_mask))

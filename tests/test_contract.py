@@ -73,11 +73,15 @@ def test_full_context_reads_the_same_logits_as_the_plain_model(paper_task):
     assert memory.floats == 2 * layers * batch.context_mask.sum(1).max().item() * hidden
 
 
-def test_full_context_trains_in_one_pass_with_the_logits_and_gradients_of_write_then_read(paper_task):
+@pytest.mark.parametrize("reconstruction_weight", [0.0, 0.5])
+def test_full_context_trains_in_one_pass_with_the_logits_and_gradients_of_write_then_read(paper_task,
+                                                                                          reconstruction_weight):
     """float64: one pass over [C; Q1 Y1; Q2 Y2; ...] per context (4D mask, continued positions)
-    gives write-then-read's logits at every target position and the same loss gradients, with
-    unequal context lengths and several queries of unequal lengths per context."""
-    method = _method("full_context", paper_task).train()
+    gives write-then-read's logits at every target position, its context loss (`+ recon`) and the
+    same loss gradients, with unequal context lengths and several queries of unequal lengths per
+    context."""
+    method = make_method("full_context", paper_task, torch.float64,
+                         reconstruction_weight=reconstruction_weight).train()
     examples = paper_task.examples("train", 3, 0)
     queries = examples[0].queries
     examples[0] = type(examples[0])(examples[0].context[:11] + "|",                 # a short context
@@ -86,15 +90,27 @@ def test_full_context_trains_in_one_pass_with_the_logits_and_gradients_of_write_
     batch = collate(examples, paper_task, "all")
     assert len(set(batch.context_mask.sum(1).tolist())) > 1
     assert len(set(batch.read_mask.sum(1).tolist())) > 1
-    reference, _ = write_then_read(method, batch)
-    one_pass = method.train_logits(batch)
+    reference, memory = write_then_read(method, batch)
+    one_pass, aux = method.train_logits(batch)
     assert one_pass.shape == reference.shape
-    assert torch.equal(training_loss(method, batch)[0], target_loss(one_pass, batch))   # the trainer's path
+    if reconstruction_weight:
+        # the context's next-token loss, by hand: token t + 1 of each real context from position t
+        logits = method.backbone.lm_head(method.backbone.hidden(method.backbone.embed(batch.context_ids),
+                                                                attention_mask=batch.context_mask.long())[0])
+        by_hand = torch.stack([torch.nn.functional.cross_entropy(logits[b, :n - 1], batch.context_ids[b, 1:n])
+                               for b, n in enumerate(batch.context_mask.sum(1).tolist())]).mean()
+        assert abs(memory.aux_loss.item() - reconstruction_weight * by_hand.item()) < 1e-10
+        assert abs(aux.item() - memory.aux_loss.item()) < 1e-10
+        reference_loss, one_pass_loss = target_loss(reference, batch) + memory.aux_loss, target_loss(one_pass, batch) + aux
+    else:
+        assert aux is None and memory.aux_loss is None
+        reference_loss, one_pass_loss = target_loss(reference, batch), target_loss(one_pass, batch)
+    assert torch.equal(training_loss(method, batch)[0], one_pass_loss)   # the trainer's path
     targets = batch.target_mask
     assert (one_pass[targets] - reference[targets]).abs().max() < 1e-10
     parameters = [p for p in method.parameters() if p.requires_grad]
-    expected = torch.autograd.grad(target_loss(reference, batch), parameters)
-    got = torch.autograd.grad(target_loss(one_pass, batch), parameters)
+    expected = torch.autograd.grad(reference_loss, parameters)
+    got = torch.autograd.grad(one_pass_loss, parameters)
     for e, g in zip(expected, got):
         assert torch.allclose(g, e, rtol=1e-9, atol=1e-12)
     with torch.no_grad():                                                   # not training: write, read

@@ -204,16 +204,23 @@ def _questions(qa: int, world: _World) -> list[Query]:
     return kinds
 
 
-def _relations(rng: random.Random) -> Example:
-    """QA4: two facts about three rooms in a line, one question about one fact."""
+def _relations(rng: random.Random, questions: int = 1) -> Example:
+    """QA4: two facts about three rooms in a line; one question about one fact (the release
+    files' shape), or `questions` of the four the story supports (each fact asked both ways:
+    the outer room, 'What is north of the kitchen?', and the middle one, 'What is the office
+    north of?'), in random order."""
     a, b, c = rng.sample(LOCATIONS, 3)
     direction = rng.choice(list(DIRECTIONS))
     facts = [(a, direction, b), (c, DIRECTIONS[direction], b)]
     rng.shuffle(facts)
     lines = [f"The {x} is {d} of the {y}." for x, d, y in facts]
-    x, d, y = rng.choice(facts)
-    query = rng.choice([Query(f"What is {d} of the {y}?", x), Query(f"What is the {x} {d} of?", y)])
-    return Example(" ".join(lines), (query,))
+    if questions == 1:
+        x, d, y = rng.choice(facts)
+        query = rng.choice([Query(f"What is {d} of the {y}?", x), Query(f"What is the {x} {d} of?", y)])
+        return Example(" ".join(lines), (query,))
+    queries = [q for x, d, y in facts for q in (Query(f"What is {d} of the {y}?", x), Query(f"What is the {x} {d} of?", y))]
+    rng.shuffle(queries)
+    return Example(" ".join(lines), tuple(queries[:questions]))
 
 
 @dataclass
@@ -223,10 +230,15 @@ class BabiConfig:
     data_dir: str | None = None
     story_sentences: int = 8        # generated: statements per story, at least MIN_STATEMENTS[qa]
                                     # (QA3 3, QA5 7; QA4 always has 2)
+    relation_questions: int = 1     # generated QA4: questions per story, 1 (as the release files)
+                                    # to 4 (each of its two facts asked both ways)
 
     def validate(self, where):
         if self.qa not in (1, 2, 3, 4, 5):
             raise HarnessError(f"{where}.qa = {self.qa} must be one of 1, 2, 3, 4, 5")
+        if not 1 <= self.relation_questions <= 4:
+            raise HarnessError(f"{where}.relation_questions = {self.relation_questions} must be 1 to 4 "
+                               f"(a QA4 story supports four questions)")
         if self.story_sentences < 2:
             raise HarnessError(f"{where}.story_sentences = {self.story_sentences} must be >= 2")
         if self.data_dir is not None and not Path(self.data_dir).is_dir():
@@ -246,10 +258,10 @@ def story_length(qa: int, sentences: int) -> int:
     return max(sentences, MIN_STATEMENTS[qa])
 
 
-def generate_example(qa: int, rng: random.Random, sentences: int) -> Example:
-    """One generated story with every question it supports (one for QA4)."""
+def generate_example(qa: int, rng: random.Random, sentences: int, relation_questions: int = 1) -> Example:
+    """One generated story with every question it supports (QA4: `relation_questions` of its four)."""
     if qa == 4:
-        return _relations(rng)
+        return _relations(rng, relation_questions)
     for _ in range(MAX_ATTEMPTS):
         lines, world = _story(rng, qa, story_length(qa, sentences))
         queries = _questions(qa, world)
@@ -297,7 +309,8 @@ class Babi(Task):
             pool = self._release[split]
             return [pool[i] for i in rng.sample(range(len(pool)), min(count, len(pool)))] if split == "train" \
                 else pool[:count]
-        return [generate_example(self.config.qa, rng, self.config.story_sentences) for _ in range(count)]
+        return [generate_example(self.config.qa, rng, self.config.story_sentences, self.config.relation_questions)
+                for _ in range(count)]
 
     def max_lengths(self) -> tuple[int, int]:
         if self.config.data_dir:

@@ -185,6 +185,24 @@ def test_generated_answers_agree_with_an_independent_simulator(qa):
     assert len({q.target for e in examples for q in e.queries}) > 2
 
 
+def test_qa4_stories_ask_one_question_or_up_to_all_four_they_support():
+    """relation_questions = 1 keeps the release files' shape (and the draws of runs made before the
+    option existed); 4 asks each fact both ways, every answer checked by the simulator."""
+    one = make_babi(qa=4).examples("train", 100, 0)
+    assert all(len(e.queries) == 1 for e in one)
+    assert [e.context for e in one[:2]] == ["The hallway is south of the bedroom. The office is north of the bedroom.",
+                                            "The bathroom is east of the kitchen. The hallway is west of the kitchen."]
+    assert [q.text for e in one[:2] for q in e.queries] == ["What is north of the bedroom?", "What is east of the kitchen?"]
+    every = make_babi(qa=4, relation_questions=4).examples("train", 100, 0)
+    for example in every:
+        assert len({q.text for q in example.queries}) == 4
+        for query in example.queries:
+            assert simulate(example.context, query.text) == query.target
+    assert {len(e.queries) for e in make_babi(qa=4, relation_questions=2).examples("train", 20, 0)} == {2}
+    with pytest.raises(HarnessError, match="relation_questions = 5 must be 1 to 4"):
+        make_babi(qa=4, relation_questions=5)
+
+
 @pytest.mark.parametrize("qa", [1, 2, 3, 4, 5])
 def test_a_curriculum_stage_shorter_than_a_task_needs_gets_the_fewest_statements_that_ask(qa):
     """2-statement stories (the bAbI cpu curriculum's first stage) cannot move an object twice (QA3)

@@ -26,6 +26,7 @@ from harness.contract import Memory, Method
 from harness.pipeline import sequence_loss
 from harness.registry import register_method
 from harness.typed import non_negative
+from methods._prefix import reconstruction_suffix
 
 # attention implementations that add a custom 4D float mask to the scores as given
 # (transformers' masking_utils returns a 4D mask unchanged)
@@ -104,7 +105,7 @@ class FullContext(Method):
 
     @classmethod
     def display_label(cls, config) -> str:
-        return cls.name + (" + recon" if config.reconstruction_weight > 0 else "")
+        return cls.name + reconstruction_suffix(config)
 
     def context_loss(self, hidden: torch.Tensor, context_ids: torch.Tensor, context_mask: torch.Tensor):
         """In training with `reconstruction_weight` > 0: that times the next-token loss of the

@@ -287,3 +287,20 @@ def test_probe_groups_questions_by_form_with_answer_words_blanked():
         {f"What is the _ {d} of ?" for d in ("north", "south", "east", "west")}
     assert sum(len(group) for group in forms.values()) == 400
     assert all(len(e.queries) == 1 for group in forms.values() for e in group)
+
+
+@pytest.mark.parametrize("story, obj, kind", [
+    ("John went to the kitchen. John got the milk there. Mary moved to the garden.", "milk",
+     "held, holder moved 0 times after (one holder)"),
+    ("John went to the kitchen. John got the milk there. John moved to the garden. John went to the office.",
+     "milk", "held, holder moved 2+ times after (one holder)"),
+    ("John went to the kitchen. John got the milk there. John dropped the milk. John went to the office.",
+     "milk", "dropped, holder moved on (one holder)"),
+    ("John went to the kitchen. John took the milk there. John put down the milk. Mary went to the kitchen. "
+     "Mary grabbed the milk there. Mary went to the hallway.", "milk",
+     "held, holder moved 1 times after (changed hands)"),
+])
+def test_qa2_error_kinds_name_what_the_answer_needs(story, obj, kind):
+    """bench.babi_errors: the object's last holder, held or dropped, and its moves after."""
+    from bench.babi_errors import question_kind
+    assert question_kind(story, obj) == kind

@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from harness.contract import Example
+from harness.data import collate
 from harness.evaluate import evaluate
 from harness.runner import build_run
 from harness.schema import RunSpec
@@ -43,6 +44,37 @@ def question_kind(story: str, obj: str) -> str:
     return f"held, holder moved {min(moves_after, 2)}{'+' if moves_after >= 2 else ''} times after ({hands})"
 
 
+def wrong_answer_kind(story: str, obj: str, answer: str, predicted: str) -> str:
+    """What a wrong answer to 'Where is the <obj>?' names: a place the object's last holder was
+    in earlier, the place of the story's last move before the object's last mention (whoever
+    moved), a place another actor went to, or no place of the story."""
+    lines = [line.strip() for line in story.split(".") if line.strip()]
+    holder = [line for line in lines if f" the {obj}" in line][-1].split()[0]
+    moves = [line for line in lines if _verb(line, MOVE)]
+    if predicted in {line.split()[-1] for line in moves if line.split()[0] == holder}:
+        return "an earlier place of the holder"
+    mention = max(i for i, line in enumerate(lines) if f" the {obj}" in line)
+    before = [line for line in lines[:mention] if _verb(line, MOVE)]
+    if before and predicted == before[-1].split()[-1]:
+        return "the place of the last move before the object's last mention (another actor's)"
+    if predicted in {line.split()[-1] for line in moves}:
+        return "a place another actor went to"
+    return "no place of the story"
+
+
+def predicted_words(method, task, examples: list[Example]) -> list[str]:
+    """The model's answer word (argmax at the answer position) for each one-question example."""
+    words = []
+    for start in range(0, len(examples), 250):
+        batch = collate(examples[start:start + 250], task, 1)
+        with torch.no_grad():
+            memory = method.write(batch.context_ids, batch.context_mask)
+            logits = method.read(memory.select(batch.context_index), batch.read_ids, batch.read_mask)
+        predictions = logits.argmax(-1)
+        words += [task.tokenizer.decode(row[mask]).strip() for row, mask in zip(predictions, batch.score_mask)]
+    return words
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="a run's results folder (config.yaml)")
@@ -63,8 +95,14 @@ def main(argv=None):
     total = sum(len(g) for g in groups.values())
     for kind, group in sorted(groups.items()):
         em = evaluate(method, task, group)["default"]["exact_match"]
-        print(json.dumps({"run": spec.run_id, "stage": args.stage, "kind": kind, "questions": len(group), "share": round(len(group) / total, 3),
-                          "exact_match": round(em, 3)}))
+        wrong = defaultdict(int)
+        for example, word in zip(group, predicted_words(method, task, group)):
+            query = example.queries[0]
+            if word != query.target:
+                wrong[wrong_answer_kind(example.context, query.text.split()[-1].rstrip("?"), query.target, word)] += 1
+        print(json.dumps({"run": spec.run_id, "stage": args.stage, "kind": kind, "questions": len(group),
+                          "share": round(len(group) / total, 3), "exact_match": round(em, 3),
+                          "wrong_answers": dict(sorted(wrong.items()))}))
 
 
 if __name__ == "__main__":

@@ -254,6 +254,11 @@ def final_stage(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[frame["stage"] == last]
 
 
+BACKBONE_NOTE = ("Backbone: the model a row ran on; a full-context row bounds the memory rows of its own "
+                 "backbone (the attention memories: the llama row's full context); a Mamba row is its own "
+                 "recurrent model reading the whole context, as the paper's Mamba-130m full-context row.")
+
+
 def table2_markdown(frame: pd.DataFrame, scale: str) -> str:
     """Exact match (%) per method on bAbI QA1-QA5 and Short SQuAD at one scale: mean ± 95% interval
     over seeds, collapsed runs marked."""
@@ -264,14 +269,15 @@ def table2_markdown(frame: pd.DataFrame, scale: str) -> str:
         return f"_no bAbI / SQuAD results at scale {scale}_\n"
     subset = final_stage(subset)   # a curriculum's earlier stages are easier versions of the task
     qa = subset["task.qa"] if "task.qa" in subset else pd.Series(0, index=subset.index)
-    subset = subset.assign(label=labels(subset),
+    subset = subset.assign(label=labels(subset), backbone=backbone_label(subset),
                            column=[f"babi_qa{int(q)}" if s == "babi" else "short_squad"
                                    for s, q in zip(subset["suite"], qa.fillna(0))])
     table = summarise(subset, ["label", "column"])
     wide = _wide(table, "column", str)
     wide.insert(0, "seeds", table.groupby("label")["seeds"].max().astype(str))
+    wide.insert(0, "backbone", subset.groupby("label")["backbone"].agg(lambda b: ", ".join(sorted(set(b)))))
     return wide.reset_index().rename(columns={"label": "method"}).to_markdown(index=False, disable_numparse=True) \
-        + "\n" + _notes(table)
+        + "\n" + _notes(table) + "\n" + BACKBONE_NOTE + "\n"
 
 
 def paper_table2_markdown() -> str:
@@ -367,3 +373,46 @@ def tuning_markdown(frame: pd.DataFrame | str | Path, suite: str, scale: str) ->
             "at most the tuning steps on the first curriculum stage / then on the second (`second stage`; "
             "a cell without it predates two-stage tuning); bold: the setting chosen for training; "
             "—: no score (the cell failed or diverged).\n")
+
+
+def backbone_label(frame: pd.DataFrame) -> pd.Series:
+    """'llama 2x64', 'mamba 2x64', 'gpt2' (a pretrained backbone's name): the model each row ran on."""
+    def one(row) -> str:
+        pretrained = row.get("backbone.pretrained")
+        if not _missing(pretrained):
+            return str(pretrained)
+        arch, layers, hidden = (row.get(f"backbone.{k}") for k in ("arch", "layers", "hidden"))
+        shape = "" if _missing(layers) or _missing(hidden) else f" {int(layers)}x{int(hidden)}"
+        return ("" if _missing(arch) else str(arch)) + shape
+    if frame.empty:
+        return pd.Series("", index=frame.index, dtype=object)
+    return frame.apply(one, axis=1).str.strip()
+
+
+def bound_violations(frame: pd.DataFrame, tolerance: float = 0.01) -> list[str]:
+    """Cells where a memory method beats the full-context bound of its own backbone: mean exact
+    match above the bound's by more than `tolerance` plus both 95% half-widths. A cell is a
+    suite, scale and task setting (bAbI / SQuAD: the final stage; KV: the pairs count) at the
+    trained write setting. Methods on another backbone (Mamba, its own recurrent model) are
+    compared with their own backbone's full-context row, where there is one."""
+    if frame.empty:
+        return []
+    frame = trained_setting(frame)
+    nlp = frame["suite"].isin(["babi", "squad"])
+    frame = pd.concat([final_stage(frame[nlp]), frame[~nlp]])
+    setting = [c for c in ("task.qa", "task.pairs") if c in frame]
+    frame = frame.assign(label=labels(frame), backbone=backbone_label(frame),
+                         **{c: frame[c].fillna(-1) for c in setting})
+    keys = ["suite", "scale", "backbone", *setting]
+    table = summarise(frame, keys + ["label", "method"])
+    problems = []
+    for cell_key, group in table.groupby(keys):
+        bound = group[group["method"] == "full_context"]
+        for _, b in bound.iterrows():
+            for _, m in group[group["method"] != "full_context"].iterrows():
+                margin = tolerance + np.nan_to_num(b.em_ci) + np.nan_to_num(m.em_ci)
+                if m.em_mean > b.em_mean + margin:
+                    where = ", ".join(f"{k}={int(v) if isinstance(v, float) else v}"
+                                      for k, v in zip(keys, cell_key) if v != -1)
+                    problems.append(f"{where}: {m.label} {100 * m.em_mean:.1f} > {b.label} {100 * b.em_mean:.1f}")
+    return problems

@@ -12,7 +12,7 @@ from harness.cli import main
 from harness.contract import Memory, Method
 from harness.describe import describe_spec, describe_summaries
 from harness.errors import HarnessError
-from harness.report import (COLLAPSE_NOTE, capacity, memsize_markdown, paper_fig4a_markdown, paper_table1,
+from harness.report import (COLLAPSE_NOTE, bound_violations, capacity, memsize_markdown, paper_fig4a_markdown, paper_table1,
                             steps_markdown, table1_beside_paper_markdown, table1_markdown, table2_markdown,
                             tuning_markdown, SUPERSEDED_MARK)
 from plots.__main__ import main as plots_main
@@ -307,3 +307,18 @@ def test_readme_blocks_are_rebuilt_from_results_and_the_rest_is_kept(tmp_path):
     assert refresh(out, store.load(tmp_path)) == out   # idempotent
     with pytest.raises(HarnessError, match="unknown generated block 'table9'"):
         refresh("<!-- generated: table9 cpu -->\n<!-- end generated -->\n", store.load(tmp_path))
+
+
+def test_a_memory_row_above_its_backbones_full_context_bound_is_reported(tmp_path):
+    """bound_violations: a same-backbone memory row above the bound beyond the intervals and the
+    tolerance is named; a row within them, or on another backbone (Mamba), is not."""
+    for seed, (bound, above, close) in enumerate([(0.80, 0.95, 0.80), (0.82, 0.97, 0.81), (0.78, 0.96, 0.79)]):
+        write_summary(tmp_path, {"name": "full_context"}, seed, [(8, {"default": bound}, False)], suite="babi")
+        write_summary(tmp_path, {"name": "rmt", "write_passes": 1}, seed, [(8, {"1": above}, False)], suite="babi")
+        write_summary(tmp_path, {"name": "gradmem", "write_steps": 1}, seed, [(8, {"1": close}, False)], suite="babi")
+        write_summary(tmp_path, {"name": "mamba"}, seed, [(8, {"default": 0.99}, False)], suite="babi")
+    frame = store.load(tmp_path).assign(**{"task.qa": 2, "backbone.arch": "llama", "backbone.hidden": 64})
+    frame.loc[frame["method"] == "mamba", "backbone.arch"] = "mamba"
+    problems = bound_violations(frame)
+    assert len(problems) == 1 and "task.qa=2" in problems[0] and "rmt x1" in problems[0], problems
+    assert "| llama 1x64 " in table2_markdown(frame, "cpu") and "| mamba 1x64 " in table2_markdown(frame, "cpu")

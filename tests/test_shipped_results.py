@@ -42,3 +42,11 @@ def test_no_shipped_collapse_is_recorded_finished():
             wrong.append(f"{summary_path.parent.relative_to(RESULTS)}: validation fell {drop:.2f}")
     assert checked > 0
     assert not wrong, "finished runs that collapsed:\n" + "\n".join(wrong)
+
+
+def test_no_shipped_memory_row_beats_its_backbones_full_context_bound():
+    """The full-context row of a backbone is the best row of the methods built on that backbone
+    (beyond 1 point and the 95% intervals) in every shipped cell."""
+    from harness.report import bound_violations
+    problems = bound_violations(store.load(RESULTS))
+    assert not problems, "memory rows above their full-context bound:\n" + "\n".join(problems)

@@ -35,7 +35,8 @@ class TrainConfig:
     queries_per_context: int | Literal["all"] = "all"
     curriculum: list[dict] = field(default_factory=list)  # task overrides, one per stage
     advance_em: float = 0.95          # a stage ends when validation exact match reaches this
-    stage_steps: int | None = None    # step budget of one stage (None: what is left)
+    stage_steps: int | list[int] | None = None  # step budget of one stage, or one per stage
+                                                # (a list as long as the curriculum; None: what is left)
     collapse_drop: float | None = 0.2  # a stage collapses when validation EM falls this far below
                                       # its best (None: only the loss-above-chance rule)
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -52,6 +53,22 @@ class TrainConfig:
                 raise HarnessError(f"{where}.{key} = {getattr(self, key)!r} must be >= 1")
         if isinstance(self.queries_per_context, int) and self.queries_per_context < 1:
             raise HarnessError(f"{where}.queries_per_context must be >= 1 or 'all'")
+        if isinstance(self.stage_steps, list):
+            stages = max(len(self.curriculum), 1)
+            if len(self.stage_steps) != stages or any(b < 1 for b in self.stage_steps):
+                raise HarnessError(f"{where}.stage_steps = {self.stage_steps} must list one budget >= 1 per "
+                                   f"curriculum stage ({stages}), or be one number for every stage")
+        elif self.stage_steps is not None and self.stage_steps < 1:
+            raise HarnessError(f"{where}.stage_steps = {self.stage_steps} must be >= 1")
+
+
+def stage_budget(train: dict, stage: int) -> int:
+    """The step budget of curriculum stage `stage` (0-based) under a train section (as a dict):
+    its entry of a `stage_steps` list, the one `stage_steps` number, else the run's `steps`."""
+    budget = train.get("stage_steps")
+    if isinstance(budget, list):
+        return budget[stage]
+    return budget or train["steps"]
 
 
 @dataclass

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.ids import content_id
+from harness.schema import stage_budget
 
 RECORD_DIR = "step_costs"          # under the results root
 GPU_SCALES = ("gpu", "paper")      # scales meant for a GPU: a CPU dry run of them reads a cuda record
@@ -107,17 +108,17 @@ def record_command(suite: str, scale: str, device: str, out: Path | str) -> str:
 
 # ---------------------------------------------------------------- estimates
 def stage_budgets(spec, per_step: list[float] | None = None) -> list[int]:
-    """The most steps each stage can train: a stage at most `stage_steps` (else `steps`), the run at
-    most `steps`. Given each stage's cost per step, the dearest stages get their budgets first, so
-    the sum of budget x cost bounds the run's time however early the other stages end; without
-    costs, the stages in order."""
+    """The most steps each stage can train: a stage at most its `stage_steps` budget (else `steps`),
+    the run at most `steps`. Given each stage's cost per step, the dearest stages get their budgets
+    first, so the sum of budget x cost bounds the run's time however early the other stages end;
+    without costs, the stages in order."""
     train = spec.train
     count = len(stage_overrides(spec))
-    cap, left = train["stage_steps"] or train["steps"], train["steps"]
+    left = train["steps"]
     order = range(count) if per_step is None else sorted(range(count), key=lambda i: -per_step[i])
     budgets = [0] * count
     for index in order:
-        budgets[index] = min(cap, left)
+        budgets[index] = min(stage_budget(train, index), left)
         left -= budgets[index]
     return budgets
 

@@ -2,12 +2,12 @@
 
 A curriculum is a list of task overrides (e.g. pairs 2 -> 4 -> 8). A stage ends when validation
 exact match reaches `advance_em` (the last stage: `target_em`), when `patience` evaluations pass
-without improvement, or when its step budget `stage_steps` runs out (the same budget for every
-method of a suite); the best weights of the stage are kept, evaluated on the test split, and the
-next stage starts from them (as the paper's runs for more pairs start from the checkpoint of
-fewer). A stage collapses when its validation exact match falls more than `collapse_drop` below
-the stage's best, or when the training loss rises above the task's chance level after having
-been below it; the run is then recorded `collapsed` (its scores still come from the best
+without improvement, or when its step budget `stage_steps` runs out (one number, or one per
+stage; the same budgets for every method of a suite); the best weights of the stage are kept,
+evaluated on the test split, and the next stage starts from them (as the paper's runs for more
+pairs start from the checkpoint of fewer). A stage collapses when its validation exact match
+falls more than `collapse_drop` below the stage's best, or when the training loss rises above
+the task's chance level after having been below it; the run is then recorded `collapsed` (its scores still come from the best
 weights). A checkpoint after every evaluation lets a killed run resume where it stopped;
 training batches are a function of (seed, step), so the resumed run sees the same data.
 """
@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from harness import store
-from harness.schema import EvalConfig, TrainConfig
+from harness.schema import EvalConfig, TrainConfig, stage_budget
 from harness.data import collate
 from harness.evaluate import evaluate
 from harness.pipeline import training_loss
@@ -194,7 +194,7 @@ class Trainer:
             task = self.stage_task(s["stage"])
             last_stage = s["stage"] == len(self.stages) - 1
             threshold = cfg.target_em if last_stage else cfg.advance_em
-            budget = cfg.stage_steps or cfg.steps
+            budget = stage_budget(asdict(cfg), s["stage"])
             stage_over = s["step"] >= cfg.steps
             while not stage_over:
                 started = time.perf_counter()

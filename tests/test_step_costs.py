@@ -81,6 +81,8 @@ def test_estimate_is_budget_times_step_cost_plus_evaluation_and_tuning(tmp_path)
     short = changed(gradmem, "train", steps=4)
     assert step_costs.stage_budgets(short) == [3, 1]
     assert step_costs.estimate(short, record).train == pytest.approx(1 * 0.5 + 3 * 2.0)
+    # one budget per stage
+    assert step_costs.stage_budgets(changed(gradmem, "train", stage_steps=[5, 1], steps=6)) == [5, 1]
     # a missing or skipped stage makes the run unmeasured
     key = step_costs.cost_key(gradmem, 1)
     record["entries"][key] = {"skipped": "a step took 30 s > --max-seconds 20", "seconds": None}

@@ -45,6 +45,20 @@ def test_every_stage_gets_its_budget_when_none_converges(tmp_path):
     assert [s["task"]["pairs"] for s in result["stages"]] == [2, 3, 4]
 
 
+def test_a_list_of_stage_budgets_gives_each_stage_its_own(tmp_path):
+    """stage_steps [4, 2, 3]: a longer first stage (a binding plateau's), the rest shorter."""
+    ems = [0.1 * i for i in range(1, 10)]
+    trainer = scripted_trainer(tmp_path, ems, [1.0] * 9, steps=9, stage_steps=[4, 2, 3],
+                               curriculum=[{"pairs": 2}, {"pairs": 3}, {"pairs": 4}], advance_em=1.0)
+    assert [s["steps"] for s in trainer.run()["stages"]] == [4, 2, 3]
+
+
+@pytest.mark.parametrize("budgets", [[4, 2], [4, 0, 3]])
+def test_stage_budgets_must_be_one_positive_number_per_stage(budgets):
+    with pytest.raises(HarnessError, match="one budget >= 1 per curriculum stage"):
+        build(TrainConfig, {"stage_steps": budgets, "curriculum": [{"pairs": 2}, {"pairs": 3}, {"pairs": 4}]}, "train")
+
+
 def test_a_validation_drop_of_more_than_20_points_is_a_collapse(tmp_path):
     # best 0.94 at step 2, then down to 0.07: the run is recorded collapsed, scored from its best weights
     trainer = scripted_trainer(tmp_path, [0.5, 0.94, 0.9, 0.6, 0.07, 0.07], [1.0] * 6, steps=6,

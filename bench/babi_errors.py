@@ -44,7 +44,7 @@ def question_kind(story: str, obj: str) -> str:
     return f"held, holder moved {min(moves_after, 2)}{'+' if moves_after >= 2 else ''} times after ({hands})"
 
 
-def wrong_answer_kind(story: str, obj: str, answer: str, predicted: str) -> str:
+def wrong_answer_kind(story: str, obj: str, predicted: str) -> str:
     """What a wrong answer to 'Where is the <obj>?' names: a place the object's last holder was
     in earlier, the place of the story's last move before the object's last mention (whoever
     moved), a place another actor went to, or no place of the story."""
@@ -83,6 +83,8 @@ def main(argv=None):
     parser.add_argument("--stories", type=int, default=2000)
     args = parser.parse_args(argv)
     spec = RunSpec.from_dict(yaml.safe_load(open(Path(args.run_dir) / "config.yaml")))
+    if spec.task.get("name") != "babi" or spec.task.get("qa") != 2:
+        raise SystemExit(f"{args.run_dir}: a bAbI QA2 run is needed, this one is {spec.task}")
     task, method = build_run(spec)
     state = torch.load(Path(args.checkpoints) / spec.run_id / f"best_stage{args.stage}.pt", map_location="cpu")
     method.load_state_dict(state)
@@ -99,7 +101,7 @@ def main(argv=None):
         for example, word in zip(group, predicted_words(method, task, group)):
             query = example.queries[0]
             if word != query.target:
-                wrong[wrong_answer_kind(example.context, query.text.split()[-1].rstrip("?"), query.target, word)] += 1
+                wrong[wrong_answer_kind(example.context, query.text.split()[-1].rstrip("?"), word)] += 1
         print(json.dumps({"run": spec.run_id, "stage": args.stage, "kind": kind, "questions": len(group),
                           "share": round(len(group) / total, 3), "exact_match": round(em, 3),
                           "wrong_answers": dict(sorted(wrong.items()))}))

@@ -304,3 +304,13 @@ def test_qa2_error_kinds_name_what_the_answer_needs(story, obj, kind):
     """bench.babi_errors: the object's last holder, held or dropped, and its moves after."""
     from bench.babi_errors import question_kind
     assert question_kind(story, obj) == kind
+
+
+def test_qa2_wrong_answers_are_named_by_whose_place_they_are():
+    from bench.babi_errors import wrong_answer_kind
+    story = ("Mary went to the office. John went to the kitchen. Sandra moved to the hallway. "
+             "John got the milk there. John moved to the garden. Mary went to the bedroom.")
+    assert wrong_answer_kind(story, "milk", "kitchen") == "an earlier place of the holder"
+    assert wrong_answer_kind(story, "milk", "hallway").startswith("the place of the last move before")
+    assert wrong_answer_kind(story, "milk", "bedroom") == "a place another actor went to"
+    assert wrong_answer_kind(story, "milk", "bathroom") == "no place of the story"

@@ -389,12 +389,13 @@ def backbone_label(frame: pd.DataFrame) -> pd.Series:
     return frame.apply(one, axis=1).str.strip()
 
 
-def bound_violations(frame: pd.DataFrame, tolerance: float = 0.01) -> list[str]:
+def bound_violations(frame: pd.DataFrame, tolerance: float = 0.01) -> list[dict]:
     """Cells where a memory method beats the full-context bound of its own backbone: mean exact
     match above the bound's by more than `tolerance` plus both 95% half-widths. A cell is a
     suite, scale and task setting (bAbI / SQuAD: the final stage; KV: the pairs count) at the
     trained write setting. Methods on another backbone (Mamba, its own recurrent model) are
-    compared with their own backbone's full-context row, where there is one."""
+    compared with their own backbone's full-context row, where there is one. Each violation:
+    {"cell": 'suite=..., scale=..., backbone=..., task.qa=3', "method": label, "text": ...}."""
     if frame.empty:
         return []
     frame = trained_setting(frame)
@@ -414,5 +415,7 @@ def bound_violations(frame: pd.DataFrame, tolerance: float = 0.01) -> list[str]:
                 if m.em_mean > b.em_mean + margin:
                     where = ", ".join(f"{k}={int(v) if isinstance(v, float) else v}"
                                       for k, v in zip(keys, cell_key) if v != -1)
-                    problems.append(f"{where}: {m.label} {100 * m.em_mean:.1f} > {b.label} {100 * b.em_mean:.1f}")
+                    problems.append({"cell": where, "method": m.label,
+                                     "text": f"{where}: {m.label} {100 * m.em_mean:.1f} > {b.label} "
+                                             f"{100 * b.em_mean:.1f}"})
     return problems

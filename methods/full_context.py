@@ -23,6 +23,7 @@ import torch
 from transformers import DynamicCache
 
 from harness.contract import Memory, Method
+from harness.errors import HarnessError
 from harness.pipeline import sequence_loss
 from harness.registry import register_method
 from harness.typed import non_negative
@@ -37,9 +38,26 @@ CONTEXT, PAD = -1, -2   # segment ids of packed positions; reads are 0..Q-1
 @dataclass
 class FullContextConfig:
     reconstruction_weight: float = 0.0   # training only: this times the context's next-token loss
+    context_reads: int = 1               # the context read this many times before the query:
+                                         # 2 = [C; C; Q], a bound that re-reads the story
 
     def validate(self, where):
         non_negative(where, reconstruction_weight=self.reconstruction_weight)
+        if self.context_reads < 1:
+            raise HarnessError(f"{where}.context_reads = {self.context_reads} must be >= 1")
+
+
+def repeat_context(ids: torch.Tensor, mask: torch.Tensor, reads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's real tokens `reads` times in a row ([C; C; ...]), right-padded; pads stay pads."""
+    if reads == 1:
+        return ids, mask
+    lengths = mask.sum(1)
+    width = reads * ids.shape[1]
+    positions = torch.arange(width, device=ids.device)
+    source = positions[None, :] % lengths.clamp(min=1)[:, None]
+    repeated = torch.gather(ids, 1, source.clamp(max=ids.shape[1] - 1))
+    new_mask = positions[None, :] < (reads * lengths)[:, None]
+    return repeated * new_mask, new_mask
 
 
 @dataclass
@@ -105,7 +123,8 @@ class FullContext(Method):
 
     @classmethod
     def display_label(cls, config) -> str:
-        return cls.name + reconstruction_suffix(config)
+        reads = f" x{config.context_reads} reads" if config.context_reads > 1 else ""
+        return cls.name + reads + reconstruction_suffix(config)
 
     def context_loss(self, hidden: torch.Tensor, context_ids: torch.Tensor, context_mask: torch.Tensor):
         """In training with `reconstruction_weight` > 0: that times the next-token loss of the
@@ -117,6 +136,7 @@ class FullContext(Method):
         return weight * sequence_loss(logits, context_ids[:, 1:], context_mask[:, 1:])
 
     def write(self, context_ids, context_mask, write_setting=None) -> Memory:
+        context_ids, context_mask = repeat_context(context_ids, context_mask, self.config.context_reads)
         hidden, cache = self.backbone.hidden(self.backbone.embed(context_ids),
                                              attention_mask=context_mask.long(), use_cache=True)
         lengths = context_mask.sum(1)
@@ -152,12 +172,12 @@ class FullContext(Method):
         """
         if getattr(self.backbone.model.config, "_attn_implementation", None) not in ADDITIVE_MASK_ATTENTION:
             return None
-        packed = pack_reads(batch.context_ids, batch.context_mask, batch.read_ids, batch.read_mask,
-                            batch.context_index)
+        context_ids, context_mask = repeat_context(batch.context_ids, batch.context_mask, self.config.context_reads)
+        packed = pack_reads(context_ids, context_mask, batch.read_ids, batch.read_mask, batch.context_index)
         inputs = self.backbone.embed(packed.ids)
         hidden, _ = self.backbone.hidden(inputs, attention_mask=packed_attention_mask(packed.segment, inputs.dtype),
                                          position_ids=packed.positions)
         predicting = hidden[batch.context_index[:, None], packed.predictor]     # (Q, Lr, d)
-        width = batch.context_ids.shape[1]
+        width = context_ids.shape[1]
         return (self.backbone.lm_head(predicting),
-                self.context_loss(hidden[:, :width], batch.context_ids, batch.context_mask))
+                self.context_loss(hidden[:, :width], context_ids, context_mask))

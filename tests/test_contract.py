@@ -73,15 +73,35 @@ def test_full_context_reads_the_same_logits_as_the_plain_model(paper_task):
     assert memory.floats == 2 * layers * batch.context_mask.sum(1).max().item() * hidden
 
 
-@pytest.mark.parametrize("reconstruction_weight", [0.0, 0.5])
+def test_full_context_reading_the_context_twice_is_the_plain_model_on_c_c_q(paper_task):
+    """context_reads 2: the logits of the plain model on [C; C; Q; Y], for contexts of unequal lengths."""
+    method = make_method("full_context", paper_task, torch.float64, context_reads=2).eval()
+    examples = [paper_task.examples("test", 1, s)[0] for s in range(2)]
+    examples[0] = type(examples[0])(examples[0].context[:15] + "|", examples[0].queries)
+    batch = collate(examples, paper_task, 1)
+    with torch.no_grad():
+        logits, memory = write_then_read(method, batch)
+        for row, example in enumerate(examples):
+            codec, query = paper_task.tokenizer, example.queries[0]
+            context = codec.encode(example.context)
+            ids = torch.tensor([context + context + codec.encode(query.text + query.target)])
+            reference = method.backbone.model(input_ids=ids).logits[0]
+            read_len = int(batch.read_mask[row].sum())
+            expected = reference[2 * len(context) - 1: 2 * len(context) - 1 + read_len]
+            assert torch.allclose(logits[row, :read_len], expected, atol=1e-10)
+    assert memory.floats == 2 * 2 * 2 * batch.context_mask.sum(1).max().item() * 16
+
+
+@pytest.mark.parametrize("reconstruction_weight, context_reads", [(0.0, 1), (0.5, 1), (0.0, 2)])
 def test_full_context_trains_in_one_pass_with_the_logits_and_gradients_of_write_then_read(paper_task,
-                                                                                          reconstruction_weight):
+                                                                                          reconstruction_weight,
+                                                                                          context_reads):
     """float64: one pass over [C; Q1 Y1; Q2 Y2; ...] per context (4D mask, continued positions)
     gives write-then-read's logits at every target position, its context loss (`+ recon`) and the
     same loss gradients, with unequal context lengths and several queries of unequal lengths per
     context."""
     method = make_method("full_context", paper_task, torch.float64,
-                         reconstruction_weight=reconstruction_weight).train()
+                         reconstruction_weight=reconstruction_weight, context_reads=context_reads).train()
     examples = paper_task.examples("train", 3, 0)
     queries = examples[0].queries
     examples[0] = type(examples[0])(examples[0].context[:11] + "|",                 # a short context

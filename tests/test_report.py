@@ -320,5 +320,6 @@ def test_a_memory_row_above_its_backbones_full_context_bound_is_reported(tmp_pat
     frame = store.load(tmp_path).assign(**{"task.qa": 2, "backbone.arch": "llama", "backbone.hidden": 64})
     frame.loc[frame["method"] == "mamba", "backbone.arch"] = "mamba"
     problems = bound_violations(frame)
-    assert len(problems) == 1 and "task.qa=2" in problems[0] and "rmt x1" in problems[0], problems
+    assert [(p["cell"], p["method"]) for p in problems] == [("suite=babi, scale=cpu, backbone=llama 1x64, task.qa=2, task.pairs=8",
+                                                              "rmt x1")], problems
     assert "| llama 1x64 " in table2_markdown(frame, "cpu") and "| mamba 1x64 " in table2_markdown(frame, "cpu")

@@ -1,7 +1,10 @@
 """The results this repository ships obey the harness's own rules: no run whose validation curve
-fell more than its collapse threshold below the stage's best is recorded `finished`."""
+fell more than its collapse threshold below the stage's best is recorded `finished`, and no
+memory row beats its backbone's full-context bound unless the gap is listed with its cause."""
 import json
 from pathlib import Path
+
+import yaml
 
 from harness import store
 
@@ -44,9 +47,15 @@ def test_no_shipped_collapse_is_recorded_finished():
     assert not wrong, "finished runs that collapsed:\n" + "\n".join(wrong)
 
 
-def test_no_shipped_memory_row_beats_its_backbones_full_context_bound():
+def test_no_shipped_memory_row_beats_its_backbones_full_context_bound_unless_documented():
     """The full-context row of a backbone is the best row of the methods built on that backbone
-    (beyond 1 point and the 95% intervals) in every shipped cell."""
+    (beyond 1 point and the 95% intervals) in every shipped cell, except the gaps listed with
+    what is known of their cause in results/bound_gaps.yaml; a listed gap that closed must go."""
     from harness.report import bound_violations
-    problems = bound_violations(store.load(RESULTS))
-    assert not problems, "memory rows above their full-context bound:\n" + "\n".join(problems)
+    found = {(p["cell"], p["method"]): p["text"] for p in bound_violations(store.load(RESULTS))}
+    listed = {(gap["cell"], gap["method"]) for gap in yaml.safe_load((RESULTS / "bound_gaps.yaml").read_text())}
+    assert all(gap.get("why") for gap in yaml.safe_load((RESULTS / "bound_gaps.yaml").read_text()))
+    unlisted = [text for key, text in found.items() if key not in listed]
+    assert not unlisted, "memory rows above their full-context bound (not in bound_gaps.yaml):\n" + "\n".join(unlisted)
+    closed = sorted(listed - set(found))
+    assert not closed, f"gaps in bound_gaps.yaml that no shipped result shows any more: {closed}"

@@ -14,6 +14,10 @@ bound's counterpart of the memory writers' reconstruction loss (`+ recon`): the 
 model the story, which a from-scratch backbone otherwise gets only through the answer token
 (the paper's bound is a pretrained LM). Read from the write's own hidden states; the cache and
 every logit of write and read are unchanged.
+
+`context_reads` k > 1 writes the context k times in a row ([C; C; Q]): a bound that reads the
+story again before the question, with k times the cache (a probe of what a second pass over the
+story gives; the paper's bound reads it once).
 """
 from __future__ import annotations
 

@@ -254,9 +254,10 @@ def final_stage(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[frame["stage"] == last]
 
 
-BACKBONE_NOTE = ("Backbone: the model a row ran on; a full-context row bounds the memory rows of its own "
-                 "backbone (the attention memories: the llama row's full context); a Mamba row is its own "
-                 "recurrent model reading the whole context, as the paper's Mamba-130m full-context row.")
+BACKBONE_NOTE = ("Backbone: the model a row ran on; a full-context row is the upper bound of the memory rows "
+                 "of its own backbone (the attention memories: the llama row; a cell where it is not is "
+                 "listed with its cause in results/bound_gaps.yaml); a Mamba row is its own recurrent model "
+                 "reading the whole context, as the paper's Mamba-130m full-context row.")
 
 
 def table2_markdown(frame: pd.DataFrame, scale: str) -> str:

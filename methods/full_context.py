@@ -130,6 +130,11 @@ class FullContext(Method):
         reads = f" x{config.context_reads} reads" if config.context_reads > 1 else ""
         return cls.name + reads + reconstruction_suffix(config)
 
+    @classmethod
+    def sequence_length(cls, method_spec: dict, context_len: int, read_len: int) -> int:
+        """[C; ...; C; Q; Y]: the context `context_reads` times, then the read."""
+        return method_spec.get("context_reads", cls.Config.context_reads) * context_len + read_len
+
     def context_loss(self, hidden: torch.Tensor, context_ids: torch.Tensor, context_mask: torch.Tensor):
         """In training with `reconstruction_weight` > 0: that times the next-token loss of the
         context from its hidden states (token t + 1 from position t); else None."""

@@ -90,6 +90,9 @@ def test_full_context_reading_the_context_twice_is_the_plain_model_on_c_c_q(pape
             expected = reference[2 * len(context) - 1: 2 * len(context) - 1 + read_len]
             assert torch.allclose(logits[row, :read_len], expected, atol=1e-10)
     assert memory.floats == 2 * 2 * 2 * batch.context_mask.sum(1).max().item() * 16
+    # what the pre-run check against max_positions sees
+    assert type(method).sequence_length({"name": "full_context", "context_reads": 2}, 100, 10) == 210
+    assert type(method).sequence_length({"name": "full_context"}, 100, 10) == 110
 
 
 @pytest.mark.parametrize("reconstruction_weight, context_reads", [(0.0, 1), (0.5, 1), (0.0, 2)])

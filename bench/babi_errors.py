@@ -19,7 +19,6 @@ import yaml
 
 from harness.contract import Example
 from harness.data import collate
-from harness.evaluate import evaluate
 from harness.runner import build_run
 from harness.schema import RunSpec
 from tasks.babi import DROP, GET, MOVE
@@ -29,13 +28,21 @@ def _verb(line: str, verbs) -> bool:
     return any(f" {verb} " in f" {line} " for verb in verbs)
 
 
+def _statements(story: str) -> list[str]:
+    return [line.strip() for line in story.split(".") if line.strip()]
+
+
+def _last_mention(lines: list[str], obj: str) -> int:
+    """Index of the last statement that names the object (its last taker or dropper is its first word)."""
+    return max(i for i, line in enumerate(lines) if f" the {obj}" in line)
+
+
 def question_kind(story: str, obj: str) -> str:
     """What answering 'Where is the <obj>?' needs on this story: the object's last holder, held
     or dropped, and the holder's moves after it took (or dropped) the object."""
-    lines = [line.strip() + "." for line in story.split(".") if line.strip()]
-    mentions = [i for i, line in enumerate(lines) if f" the {obj}" in line]
-    takers = {lines[i].split()[0] for i in mentions if _verb(lines[i], GET)}
-    last = mentions[-1]
+    lines = _statements(story)
+    last = _last_mention(lines, obj)
+    takers = {line.split()[0] for line in lines if f" the {obj}" in line and _verb(line, GET)}
     holder = lines[last].split()[0]
     moves_after = sum(1 for line in lines[last + 1:] if line.split()[0] == holder and _verb(line, MOVE))
     hands = "one holder" if len(takers) == 1 else "changed hands"
@@ -48,12 +55,12 @@ def wrong_answer_kind(story: str, obj: str, predicted: str) -> str:
     """What a wrong answer to 'Where is the <obj>?' names: a place the object's last holder was
     in earlier, the place of the story's last move before the object's last mention (whoever
     moved), a place another actor went to, or no place of the story."""
-    lines = [line.strip() for line in story.split(".") if line.strip()]
-    holder = [line for line in lines if f" the {obj}" in line][-1].split()[0]
+    lines = _statements(story)
+    mention = _last_mention(lines, obj)
+    holder = lines[mention].split()[0]
     moves = [line for line in lines if _verb(line, MOVE)]
     if predicted in {line.split()[-1] for line in moves if line.split()[0] == holder}:
         return "an earlier place of the holder"
-    mention = max(i for i, line in enumerate(lines) if f" the {obj}" in line)
     before = [line for line in lines[:mention] if _verb(line, MOVE)]
     if before and predicted == before[-1].split()[-1]:
         return "the place of the last move before the object's last mention (another actor's)"
@@ -93,17 +100,18 @@ def main(argv=None):
     for example in task.examples("test", args.stories, spec.seed):
         for query in example.queries:
             obj = query.text.split()[-1].rstrip("?")
-            groups[question_kind(example.context, obj)].append(Example(example.context, (query,)))
+            groups[question_kind(example.context, obj)].append((obj, Example(example.context, (query,))))
     total = sum(len(g) for g in groups.values())
     for kind, group in sorted(groups.items()):
-        em = evaluate(method, task, group)["default"]["exact_match"]
-        wrong = defaultdict(int)
-        for example, word in zip(group, predicted_words(method, task, group)):
-            query = example.queries[0]
-            if word != query.target:
-                wrong[wrong_answer_kind(example.context, query.text.split()[-1].rstrip("?"), word)] += 1
+        examples = [example for _, example in group]
+        right, wrong = 0, defaultdict(int)
+        for (obj, example), word in zip(group, predicted_words(method, task, examples)):
+            if word == example.queries[0].target:    # one-word answers: exact match
+                right += 1
+            else:
+                wrong[wrong_answer_kind(example.context, obj, word)] += 1
         print(json.dumps({"run": spec.run_id, "stage": args.stage, "kind": kind, "questions": len(group),
-                          "share": round(len(group) / total, 3), "exact_match": round(em, 3),
+                          "share": round(len(group) / total, 3), "exact_match": round(right / len(group), 3),
                           "wrong_answers": dict(sorted(wrong.items()))}))
 
 

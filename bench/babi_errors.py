@@ -1,9 +1,11 @@
-"""Where a trained bAbI QA2 model errs: test exact match per kind of question.
+"""Where a trained bAbI QA2 or QA3 model errs: test exact match per kind of question.
 
 Loads a run's best weights of a stage (`.cache/checkpoints/<run id>/best_stage<N>.pt`) and
-scores generated QA2 stories of the run's final task, question by question, grouped by what the
-answer needs: the object still held (and how often its holder moved after taking it), or
-dropped (and whether its holder moved on after the drop), and whether it changed hands.
+scores generated stories of the run's final task, question by question, grouped by what the
+answer needs. QA2 ("Where is the milk?"): the object still held (and how often its holder moved
+after taking it), or dropped (and whether its holder moved on after the drop), and whether it
+changed hands. QA3 ("Where was the milk before the garden?"): how many places the object's
+trail has and whether it changed hands. Each wrong answer is named by whose place it is.
 
     python -m bench.babi_errors results/babi/5838de9b963c --stage 4 --stories 2000
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -69,6 +72,60 @@ def wrong_answer_kind(story: str, obj: str, predicted: str) -> str:
     return "no place of the story"
 
 
+def object_trail(lines: list[str], obj: str) -> tuple[list[str], set[str]]:
+    """The object's places in story order (a place once per stay, as the generator's trail) and
+    the actors who held it, replayed from the statements."""
+    actor_at, holder, trail, holders = {}, None, [], set()
+    for line in lines:
+        words = line.split()
+        actor = words[0]
+        if _verb(line, MOVE):
+            actor_at[actor] = words[-1]
+        elif f" the {obj}" in line and _verb(line, GET):
+            holder = actor
+            holders.add(actor)
+        elif f" the {obj}" in line and _verb(line, DROP):
+            holder = None
+            continue
+        else:
+            continue
+        if holder == actor and (not trail or trail[-1] != actor_at[actor]):
+            trail.append(actor_at[actor])
+    return trail, holders
+
+
+def trail_question_kind(story: str, obj: str) -> str:
+    """What answering 'Where was the <obj> before the <place>?' needs: the length of the object's
+    trail (the answer is its second-to-last place) and whether it changed hands."""
+    trail, holders = object_trail(_statements(story), obj)
+    places = f"{len(trail)}" if len(trail) < 4 else "4+"
+    return f"trail of {places} places ({'one holder' if len(holders) == 1 else 'changed hands'})"
+
+
+def trail_wrong_answer_kind(story: str, obj: str, predicted: str) -> str:
+    """What a wrong answer to 'Where was the <obj> before the <place>?' names: the latest place
+    (the one the question names), an earlier place of the object's trail, a place one of its
+    holders went to without it, a place only other actors went to, or no place of the story."""
+    lines = _statements(story)
+    trail, holders = object_trail(lines, obj)
+    moves = [line.split() for line in lines if _verb(line, MOVE)]
+    if predicted == trail[-1]:
+        return "the object's latest place (the one the question names)"
+    if predicted in trail[:-2]:
+        return "an earlier place of the object"
+    if predicted in {words[-1] for words in moves if words[0] in holders}:
+        return "a place a holder of the object went to without it"
+    if predicted in {words[-1] for words in moves}:
+        return "a place only other actors went to"
+    return "no place of the story"
+
+
+QUESTIONS = {   # qa: (the question's object, its kind, a wrong answer's kind)
+    2: (r"Where is the (\w+)\?", question_kind, wrong_answer_kind),
+    3: (r"Where was the (\w+) before the \w+\?", trail_question_kind, trail_wrong_answer_kind),
+}
+
+
 def predicted_words(method, task, examples: list[Example]) -> list[str]:
     """The model's answer word (argmax at the answer position) for each one-question example."""
     words = []
@@ -90,8 +147,9 @@ def main(argv=None):
     parser.add_argument("--stories", type=int, default=2000)
     args = parser.parse_args(argv)
     spec = RunSpec.from_dict(yaml.safe_load(open(Path(args.run_dir) / "config.yaml")))
-    if spec.task.get("name") != "babi" or spec.task.get("qa") != 2:
-        raise SystemExit(f"{args.run_dir}: a bAbI QA2 run is needed, this one is {spec.task}")
+    if spec.task.get("name") != "babi" or spec.task.get("qa") not in QUESTIONS:
+        raise SystemExit(f"{args.run_dir}: a bAbI QA2 or QA3 run is needed, this one is {spec.task}")
+    pattern, kind_of, wrong_kind_of = QUESTIONS[spec.task["qa"]]
     task, method = build_run(spec)
     state = torch.load(Path(args.checkpoints) / spec.run_id / f"best_stage{args.stage}.pt", map_location="cpu")
     method.load_state_dict(state)
@@ -99,8 +157,8 @@ def main(argv=None):
     groups = defaultdict(list)
     for example in task.examples("test", args.stories, spec.seed):
         for query in example.queries:
-            obj = query.text.split()[-1].rstrip("?")
-            groups[question_kind(example.context, obj)].append((obj, Example(example.context, (query,))))
+            obj = re.fullmatch(pattern, query.text)[1]
+            groups[kind_of(example.context, obj)].append((obj, Example(example.context, (query,))))
     total = sum(len(g) for g in groups.values())
     for kind, group in sorted(groups.items()):
         examples = [example for _, example in group]
@@ -109,7 +167,7 @@ def main(argv=None):
             if word == example.queries[0].target:    # one-word answers: exact match
                 right += 1
             else:
-                wrong[wrong_answer_kind(example.context, obj, word)] += 1
+                wrong[wrong_kind_of(example.context, obj, word)] += 1
         print(json.dumps({"run": spec.run_id, "stage": args.stage, "kind": kind, "questions": len(group),
                           "share": round(len(group) / total, 3), "exact_match": round(right / len(group), 3),
                           "wrong_answers": dict(sorted(wrong.items()))}))

@@ -314,3 +314,32 @@ def test_qa2_wrong_answers_are_named_by_whose_place_they_are():
     assert wrong_answer_kind(story, "milk", "hallway").startswith("the place of the last move before")
     assert wrong_answer_kind(story, "milk", "bedroom") == "a place another actor went to"
     assert wrong_answer_kind(story, "milk", "bathroom") == "no place of the story"
+
+
+def test_qa3_trail_replayed_from_the_story_gives_every_generated_answer():
+    """bench.babi_errors replays an object's trail from the statements: its last place is the
+    one a QA3 question names and the one before is the answer, on every generated question."""
+    from bench.babi_errors import _statements, object_trail
+    task = make_babi(qa=3, story_sentences=12)
+    questions = [(e.context, q) for e in task.examples("train", 300, 0) for q in e.queries]
+    assert len(questions) > 300
+    for story, query in questions:
+        obj, named = re.fullmatch(r"Where was the (\w+) before the (\w+)\?", query.text).groups()
+        trail, holders = object_trail(_statements(story), obj)
+        assert (trail[-1], trail[-2]) == (named, query.target), (story, query.text)
+        assert holders
+
+
+def test_qa3_error_kinds_name_the_trail_and_whose_place_a_wrong_answer_is():
+    from bench.babi_errors import trail_question_kind, trail_wrong_answer_kind
+    story = ("Mary went to the office. John went to the kitchen. John got the milk there. "
+             "John moved to the garden. John dropped the milk. John went to the hallway. "
+             "Sandra went to the garden. Sandra took the milk there. Sandra went to the bedroom.")
+    assert trail_question_kind(story, "milk") == "trail of 3 places (changed hands)"
+    assert trail_wrong_answer_kind(story, "milk", "bedroom").startswith("the object's latest place")
+    assert trail_wrong_answer_kind(story, "milk", "kitchen") == "an earlier place of the object"
+    assert trail_wrong_answer_kind(story, "milk", "hallway") == "a place a holder of the object went to without it"
+    assert trail_wrong_answer_kind(story, "milk", "office") == "a place only other actors went to"
+    assert trail_wrong_answer_kind(story, "milk", "bathroom") == "no place of the story"
+    short = "John went to the kitchen. John got the milk there. John moved to the garden."
+    assert trail_question_kind(short, "milk") == "trail of 2 places (one holder)"

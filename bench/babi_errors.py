@@ -40,15 +40,19 @@ def _last_mention(lines: list[str], obj: str) -> int:
     return max(i for i, line in enumerate(lines) if f" the {obj}" in line)
 
 
+def _hands(holders: set[str]) -> str:
+    return "one holder" if len(holders) == 1 else "changed hands"
+
+
 def question_kind(story: str, obj: str) -> str:
     """What answering 'Where is the <obj>?' needs on this story: the object's last holder, held
     or dropped, and the holder's moves after it took (or dropped) the object."""
     lines = _statements(story)
     last = _last_mention(lines, obj)
-    takers = {line.split()[0] for line in lines if f" the {obj}" in line and _verb(line, GET)}
+    _, takers = object_trail(lines, obj)
     holder = lines[last].split()[0]
     moves_after = sum(1 for line in lines[last + 1:] if line.split()[0] == holder and _verb(line, MOVE))
-    hands = "one holder" if len(takers) == 1 else "changed hands"
+    hands = _hands(takers)
     if _verb(lines[last], DROP):
         return f"dropped, holder {'moved on' if moves_after else 'stayed'} ({hands})"
     return f"held, holder moved {min(moves_after, 2)}{'+' if moves_after >= 2 else ''} times after ({hands})"
@@ -99,7 +103,7 @@ def trail_question_kind(story: str, obj: str) -> str:
     trail (the answer is its second-to-last place) and whether it changed hands."""
     trail, holders = object_trail(_statements(story), obj)
     places = f"{len(trail)}" if len(trail) < 4 else "4+"
-    return f"trail of {places} places ({'one holder' if len(holders) == 1 else 'changed hands'})"
+    return f"trail of {places} places ({_hands(holders)})"
 
 
 def trail_wrong_answer_kind(story: str, obj: str, predicted: str) -> str:

@@ -8,8 +8,9 @@ evaluated on the test split, and the next stage starts from them (as the paper's
 pairs start from the checkpoint of fewer). A stage collapses when its validation exact match
 falls more than `collapse_drop` below the stage's best, or when the training loss rises above
 the task's chance level after having been below it; the run is then recorded `collapsed` (its
-scores still come from the best weights). A checkpoint after every evaluation lets a killed run resume where it stopped;
-training batches are a function of (seed, step), so the resumed run sees the same data.
+scores still come from the best weights). A checkpoint after every evaluation lets a killed run
+resume where it stopped; training batches are a function of (seed, step), so the resumed run
+sees the same data.
 """
 from __future__ import annotations
 

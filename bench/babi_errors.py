@@ -1,8 +1,9 @@
-"""Where a trained bAbI QA2 or QA3 model errs: test exact match per kind of question.
+"""Where a trained bAbI QA1, QA2 or QA3 model errs: test exact match per kind of question.
 
 Loads a run's best weights of a stage (`.cache/checkpoints/<run id>/best_stage<N>.pt`) and
 scores generated stories of the run's final task, question by question, grouped by what the
-answer needs. QA2 ("Where is the milk?"): the object still held (and how often its holder moved
+answer needs. QA1 ("Where is Mary?"): how often the actor moved and how many statements
+follow its latest move. QA2 ("Where is the milk?"): the object still held (and how often its holder moved
 after taking it), or dropped (and whether its holder moved on after the drop), and whether it
 changed hands. QA3 ("Where was the milk before the garden?"): how many places the object's
 trail has and whether it changed hands. Each wrong answer is named by whose place it is.
@@ -76,6 +77,28 @@ def wrong_answer_kind(story: str, obj: str, predicted: str) -> str:
     return "no place of the story"
 
 
+def actor_question_kind(story: str, actor: str) -> str:
+    """What answering 'Where is <actor>?' needs: how often the actor moved (the answer is its
+    latest move) and how many statements of other actors follow that move."""
+    lines = _statements(story)
+    own = [i for i, line in enumerate(lines) if line.split()[0] == actor]
+    after = len(lines) - 1 - own[-1]
+    return f"moved {min(len(own), 3)}{'+' if len(own) >= 3 else ''} times, {min(after, 3)}{'+' if after >= 3 else ''} statements after its last move"
+
+
+def actor_wrong_answer_kind(story: str, actor: str, predicted: str) -> str:
+    """What a wrong answer to 'Where is <actor>?' names: an earlier place of the actor, the
+    story's last place (another actor's), a place another actor went to, or no place of the story."""
+    lines = _statements(story)
+    if predicted in {line.split()[-1] for line in lines if line.split()[0] == actor}:
+        return "an earlier place of the actor"
+    if predicted == lines[-1].split()[-1]:
+        return "the story's last place (another actor's)"
+    if predicted in {line.split()[-1] for line in lines}:
+        return "a place another actor went to"
+    return "no place of the story"
+
+
 def object_trail(lines: list[str], obj: str) -> tuple[list[str], set[str]]:
     """The object's places in story order (a place once per stay, as the generator's trail) and
     the actors who held it, replayed from the statements."""
@@ -124,7 +147,8 @@ def trail_wrong_answer_kind(story: str, obj: str, predicted: str) -> str:
     return "no place of the story"
 
 
-QUESTIONS = {   # qa: (the question's object, its kind, a wrong answer's kind)
+QUESTIONS = {   # qa: (the question's actor or object, its kind, a wrong answer's kind)
+    1: (r"Where is (\w+)\?", actor_question_kind, actor_wrong_answer_kind),
     2: (r"Where is the (\w+)\?", question_kind, wrong_answer_kind),
     3: (r"Where was the (\w+) before the \w+\?", trail_question_kind, trail_wrong_answer_kind),
 }
@@ -152,7 +176,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     spec = RunSpec.from_dict(yaml.safe_load(open(Path(args.run_dir) / "config.yaml")))
     if spec.task.get("name") != "babi" or spec.task.get("qa") not in QUESTIONS:
-        raise SystemExit(f"{args.run_dir}: a bAbI QA2 or QA3 run is needed, this one is {spec.task}")
+        raise SystemExit(f"{args.run_dir}: a bAbI QA1, QA2 or QA3 run is needed, this one is {spec.task}")
     pattern, kind_of, wrong_kind_of = QUESTIONS[spec.task["qa"]]
     task, method = build_run(spec)
     state = torch.load(Path(args.checkpoints) / spec.run_id / f"best_stage{args.stage}.pt", map_location="cpu")

@@ -343,3 +343,24 @@ def test_qa3_error_kinds_name_the_trail_and_whose_place_a_wrong_answer_is():
     assert trail_wrong_answer_kind(story, "milk", "bathroom") == "no place of the story"
     short = "John went to the kitchen. John got the milk there. John moved to the garden."
     assert trail_question_kind(short, "milk") == "trail of 2 places (one holder)"
+
+
+def test_qa1_error_kinds_count_the_actor_moves_and_the_statements_after():
+    """bench.babi_errors on QA1: the asked actor's moves, the statements after its latest, and
+    whose place a wrong answer is; its kind agrees with the generator's answer on every question."""
+    from bench.babi_errors import _statements, actor_question_kind, actor_wrong_answer_kind
+    story = ("Mary went to the office. John went to the kitchen. Mary moved to the garden. "
+             "Sandra went to the hallway. Daniel journeyed to the bedroom.")
+    assert actor_question_kind(story, "Mary") == "moved 2 times, 2 statements after its last move"
+    assert actor_question_kind(story, "Daniel") == "moved 1 times, 0 statements after its last move"
+    assert actor_wrong_answer_kind(story, "Mary", "office") == "an earlier place of the actor"
+    assert actor_wrong_answer_kind(story, "Mary", "bedroom") == "the story's last place (another actor's)"
+    assert actor_wrong_answer_kind(story, "Mary", "kitchen") == "a place another actor went to"
+    assert actor_wrong_answer_kind(story, "Mary", "bathroom") == "no place of the story"
+    task = make_babi(qa=1, story_sentences=8)
+    for example in task.examples("train", 200, 0):
+        for query in example.queries:
+            actor = re.fullmatch(r"Where is (\w+)\?", query.text)[1]
+            latest = [line for line in _statements(example.context) if line.split()[0] == actor][-1]
+            assert latest.split()[-1] == query.target
+            assert actor_question_kind(example.context, actor).startswith("moved ")

@@ -1,12 +1,13 @@
 """Where a trained bAbI QA1, QA2 or QA3 model errs: test exact match per kind of question.
 
 Loads a run's best weights of a stage (`.cache/checkpoints/<run id>/best_stage<N>.pt`) and
-scores generated stories of the run's final task, question by question, grouped by what the
-answer needs. QA1 ("Where is Mary?"): how often the actor moved and how many statements
-follow its latest move. QA2 ("Where is the milk?"): the object still held (and how often its holder moved
-after taking it), or dropped (and whether its holder moved on after the drop), and whether it
-changed hands. QA3 ("Where was the milk before the garden?"): how many places the object's
-trail has and whether it changed hands. Each wrong answer is named by whose place it is.
+scores the test stories of the run's final task (the ones its test score reads, every question
+of each), grouped by what the answer needs. QA1 ("Where is Mary?"): how often the actor moved
+and how many statements follow its latest move. QA2 ("Where is the milk?"): the object still
+held (and how often its holder moved after taking it), or dropped (and whether its holder moved
+on after the drop), and whether it changed hands. QA3 ("Where was the milk before the
+garden?"): how many places the object's trail has and whether it changed hands. Each wrong
+answer is named by whose place it is.
 
     python -m bench.babi_errors results/babi/5838de9b963c --stage 4 --stories 2000
 """
@@ -183,7 +184,7 @@ def main(argv=None):
     method.load_state_dict(state)
     method.eval()
     groups = defaultdict(list)
-    for example in task.examples("test", args.stories, spec.seed):
+    for example in task.examples("test", args.stories, seed=0):   # the test split every run is scored on
         for query in example.queries:
             obj = re.fullmatch(pattern, query.text)[1]
             groups[kind_of(example.context, obj)].append((obj, Example(example.context, (query,))))

@@ -84,7 +84,8 @@ def actor_question_kind(story: str, actor: str) -> str:
     lines = _statements(story)
     own = [i for i, line in enumerate(lines) if line.split()[0] == actor]
     after = len(lines) - 1 - own[-1]
-    return f"moved {min(len(own), 3)}{'+' if len(own) >= 3 else ''} times, {min(after, 3)}{'+' if after >= 3 else ''} statements after its last move"
+    capped = lambda n: f"{min(n, 3)}{'+' if n >= 3 else ''}"
+    return f"moved {capped(len(own))} times, {capped(after)} statements after its last move"
 
 
 def actor_wrong_answer_kind(story: str, actor: str, predicted: str) -> str:

@@ -78,14 +78,17 @@ def wrong_answer_kind(story: str, obj: str, predicted: str) -> str:
     return "no place of the story"
 
 
+def _capped(count: int) -> str:
+    return f"{min(count, 3)}{'+' if count >= 3 else ''}"
+
+
 def actor_question_kind(story: str, actor: str) -> str:
     """What answering 'Where is <actor>?' needs: how often the actor moved (the answer is its
     latest move) and how many statements of other actors follow that move."""
     lines = _statements(story)
     own = [i for i, line in enumerate(lines) if line.split()[0] == actor]
     after = len(lines) - 1 - own[-1]
-    capped = lambda n: f"{min(n, 3)}{'+' if n >= 3 else ''}"
-    return f"moved {capped(len(own))} times, {capped(after)} statements after its last move"
+    return f"moved {_capped(len(own))} times, {_capped(after)} statements after its last move"
 
 
 def actor_wrong_answer_kind(story: str, actor: str, predicted: str) -> str:

@@ -62,7 +62,7 @@ def measure_key(spec, stage: int, device: str, steps: int, warmup: int, max_seco
     from harness.typed import build
     from harness.evaluate import evaluate
     from harness.runner import build_run, seed_everything
-    from harness.train import Trainer
+    from harness.train import TEST_SEED, Trainer
     seed_everything(spec.seed)
     task, method = build_run(spec)
     method.to(device)
@@ -89,7 +89,7 @@ def measure_key(spec, stage: int, device: str, steps: int, warmup: int, max_seco
             valid = stage_task.examples("valid", min(train.eval_examples, eval_config.batch_size), seed=0)
             entry["valid_seconds_per_context"] = _timed(device, lambda: evaluate(
                 method, stage_task, valid, [None], eval_config.batch_size, 1, False, device)) / len(valid)
-            test = stage_task.examples("test", min(eval_config.examples, eval_config.batch_size), seed=0)
+            test = stage_task.examples("test", min(eval_config.examples, eval_config.batch_size), seed=TEST_SEED)
             write_settings = eval_config.write_settings or method.eval_write_settings()
             entry["test_seconds_per_context"] = _timed(device, lambda: evaluate(
                 method, stage_task, test, write_settings, eval_config.batch_size, eval_config.queries_per_context,

@@ -32,6 +32,8 @@ from harness.pipeline import training_loss
 
 log = logging.getLogger(__name__)
 
+TEST_SEED = 0   # every run of a task is scored on the same test examples, whatever its seed
+
 
 def lr_factor(step: int, config: TrainConfig) -> float:
     """Multiplier of the base learning rate at `step` (0-based): warmup, then the schedule."""
@@ -151,7 +153,7 @@ class Trainer:
             self.method.load_state_dict(s["best_state"])
         metrics = {}
         if self.test_at_stage_end:
-            test = task.examples("test", self.eval_config.examples, seed=0)
+            test = task.examples("test", self.eval_config.examples, seed=TEST_SEED)
             settings = self.eval_config.write_settings or self.method.eval_write_settings()
             metrics = evaluate(self.method, task, test, settings, self.eval_config.batch_size,
                                self.eval_config.queries_per_context, self.eval_config.generate, self.device)

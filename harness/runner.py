@@ -84,11 +84,26 @@ def _git_commit() -> str | None:
         return None
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name (Linux), else whatever `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def versions() -> dict:
+    """What a rerun must match to repeat a run's floats: the same seed and code repeat a curve
+    on the same kind of CPU and thread count; another CPU's vector kernels (`cpu_capability`)
+    may round differently, and a seed on a plateau may then leave it at another step."""
     import transformers
     return {"python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "git_commit": _git_commit(),
-            "machine": platform.machine(), "threads": torch.get_num_threads(),
+            "machine": platform.machine(), "cpu": cpu_model(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
             "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
             "cudnn_deterministic": torch.backends.cudnn.deterministic,
             "cudnn_benchmark": torch.backends.cudnn.benchmark,

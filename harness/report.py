@@ -30,15 +30,20 @@ def _missing(value) -> bool:
 
 
 SUPERSEDED_MARK = " (old tuning choice: rerun pending)"
+OLD_RECIPE_MARK = " (old recipe: not the suite's settings now)"
 
 
 def labels(frame: pd.DataFrame) -> pd.Series:
     """Each row's display label: the recorded self-description, else the method's name; runs
-    trained with a setting their tuning no longer chooses get `SUPERSEDED_MARK`."""
+    trained with a setting their tuning no longer chooses get `SUPERSEDED_MARK`, runs whose
+    settings their suite no longer has `OLD_RECIPE_MARK` (so neither is pooled with the current
+    runs as more seeds)."""
     names = frame["method"].astype(str) if "label" not in frame else \
         frame["label"].where(frame["label"].notna(), frame["method"]).astype(str)
     if "superseded_tuning" in frame:   # kept apart from the runs trained with the current choice
         names = names.where(~frame["superseded_tuning"].eq(True), names + SUPERSEDED_MARK)
+    if "old_recipe" in frame:
+        names = names.where(~frame["old_recipe"].eq(True), names + OLD_RECIPE_MARK)
     return names
 
 
@@ -395,11 +400,14 @@ def bound_violations(frame: pd.DataFrame, tolerance: float = 0.01) -> list[dict]
     match above the bound's by more than `tolerance` plus both 95% half-widths. A cell is a
     suite, scale and task setting (bAbI / SQuAD: the final stage; KV: the pairs count) at the
     trained write setting. Methods on another backbone (Mamba, its own recurrent model) are
-    compared with their own backbone's full-context row, where there is one. Each violation:
+    compared with their own backbone's full-context row, where there is one; runs of an old
+    recipe (`old_recipe`) are left out. Each violation:
     {"cell": 'suite=..., scale=..., backbone=..., task.qa=3', "method": label, "text": ...}."""
     if frame.empty:
         return []
     frame = trained_setting(frame)
+    if "old_recipe" in frame:   # runs their suite no longer has are not its comparison
+        frame = frame[~frame["old_recipe"].eq(True)]
     nlp = frame["suite"].isin(["babi", "squad"])
     frame = pd.concat([final_stage(frame[nlp]), frame[~nlp]])
     setting = [c for c in ("task.qa", "task.pairs") if c in frame]

@@ -128,6 +128,7 @@ class RunSpec:
     train: dict
     eval: dict
     seed: int
+    suite_file: str | None = None   # the suite's YAML when given as a path (not a shipped suite's name)
 
     def identity(self) -> dict:
         """What the run id hashes: each section's values that differ from their defaults (so an

@@ -134,7 +134,11 @@ def load(results: Path | str = "results") -> pd.DataFrame:
     training runs and are left out.
     A run's `tuning` is its suite's current tuning record (`<suite>/tuning/<tune_id>.json`, the
     one with every cell scored so far) when that record still chooses the setting the run trained
-    with, else the copy in its summary, and `superseded_tuning` says which."""
+    with, else the copy in its summary, and `superseded_tuning` says which.
+    `old_recipe` is True for a run whose settings its suite no longer has (`harness.recipes`),
+    None where that cannot be told."""
+    from harness import recipes
+    recipes.forget_suites()   # suite files may have changed since the last load
     rows = []
     for path in sorted(Path(results).glob("*/*/summary.json")):
         summary = json.loads(path.read_text())
@@ -143,7 +147,10 @@ def load(results: Path | str = "results") -> pd.DataFrame:
             superseded = tuning_superseded(summary, current)
             if current is not None and not superseded:
                 summary = {**summary, "tuning": current}
-            rows.extend({**row, "superseded_tuning": superseded} for row in summary_rows(summary))
+            is_current = recipes.is_current(summary.get("spec") or {})
+            old_recipe = None if is_current is None else not is_current
+            rows.extend({**row, "superseded_tuning": superseded, "old_recipe": old_recipe}
+                        for row in summary_rows(summary))
     return pd.DataFrame(rows)
 
 

@@ -152,6 +152,7 @@ def expand_suite(name: str, scale: str, methods: list[str] | None = None,
             registry.get_method(method)
         runs = list(runs) + _runs_of_unlisted_methods(methods, runs, base)
     suite_name = Path(name).stem
+    suite_file = None if name in registry.suite_names() else str(registry.suite_path(name).resolve())
     specs, seen = [], set()
     for index, run in enumerate(runs):
         check_keys(run, (*SECTIONS, "seeds", "sweep"), f"suite {name} run {index}")
@@ -174,7 +175,7 @@ def expand_suite(name: str, scale: str, methods: list[str] | None = None,
             where = f"suite {name} run {index}"
             resolved = {s: resolve_section(s, tree.get(s), f"{where} {s}") for s in SECTIONS}
             for seed in range(run_seeds):
-                spec = RunSpec(suite=suite_name, scale=scale, seed=seed, **resolved)
+                spec = RunSpec(suite=suite_name, scale=scale, seed=seed, suite_file=suite_file, **resolved)
                 if spec.run_id not in seen:
                     seen.add(spec.run_id)
                     specs.append(spec)

@@ -14,9 +14,9 @@ from harness.describe import describe_spec, describe_summaries
 from harness.errors import HarnessError
 from harness.report import (COLLAPSE_NOTE, bound_violations, capacity, memsize_markdown, paper_fig4a_markdown, paper_table1,
                             steps_markdown, table1_beside_paper_markdown, table1_markdown, table2_markdown,
-                            tuning_markdown, SUPERSEDED_MARK)
+                            tuning_markdown, OLD_RECIPE_MARK, SUPERSEDED_MARK)
 from plots.__main__ import main as plots_main
-from tests.test_cli import TINY
+from tests.test_cli import TINY, run, write_suite
 
 
 def write_summary(results, method, seed, stages, suite="capacity", describe=True, tuning=None, floats=256,
@@ -247,6 +247,31 @@ def test_runs_trained_with_a_superseded_tuning_choice_are_kept_apart_and_marked(
     rows = [line for line in table1_markdown(frame, "cpu").splitlines() if line.startswith("| mamba")]
     assert len(rows) == 2 and any(SUPERSEDED_MARK in row and "55.0 ±" in row for row in rows)
     assert any(SUPERSEDED_MARK not in row and "| 90.0 " in row for row in rows)
+
+
+def test_runs_of_an_old_recipe_are_kept_apart_from_the_suites_runs_now(tmp_path):
+    # a suite run, its recipe changed (longer training for gradmem), the suite run again: the old
+    # gradmem run is not pooled with the new one as a second seed-0 value, and no bound check uses it;
+    # a suite file named like a shipped suite is told apart by its path
+    suite = {**TINY, "runs": TINY["runs"][:2]}
+    path = write_suite(tmp_path, suite, name="capacity")
+    assert run(["--suite", path], tmp_path) == 0
+    longer = {**suite, "runs": [{**suite["runs"][0], "train": {"steps": 9}}, suite["runs"][1]]}
+    write_suite(tmp_path, longer, name="capacity")
+    assert run(["--suite", path], tmp_path) == 0
+    frame = store.load(tmp_path / "results")
+    runs = frame.drop_duplicates("run_id").set_index("train_steps")
+    assert len(runs) == 3 and runs["old_recipe"].tolist().count(True) == 1
+    assert runs.loc[6].query("method == 'gradmem'")["old_recipe"].item() is True
+    assert not runs.loc[9, "old_recipe"]
+    table = table1_markdown(frame, "cpu")
+    gradmem_rows = [line for line in table.splitlines() if line.startswith("| gradmem")]
+    assert len(gradmem_rows) == 2 and sum(OLD_RECIPE_MARK in row for row in gradmem_rows) == 1
+    assert all(OLD_RECIPE_MARK not in p["method"] for p in bound_violations(frame, tolerance=-2.0))
+    # more seeds than the suite lists and a method it does not list are still its runs
+    assert run(["--suite", path, "--seeds", "2", "--methods", "full_context,rmt"], tmp_path) == 0
+    frame = store.load(tmp_path / "results")
+    assert frame.drop_duplicates("run_id")["old_recipe"].tolist().count(True) == 1
 
 
 def test_figures_and_tables_come_from_results_only(tmp_path):

@@ -1,0 +1,69 @@
+"""Whether a finished run still has its suite's current settings.
+
+A suite's recipe changes (a longer stage, another learning rate) give its runs new ids, and the
+old runs' summaries stay in `results/` until they are removed. Tables must not pool them with the
+new runs as extra seeds: `store.load` marks each run whose settings (seed and `task.data_dir`
+aside) are no longer among its suite's runs at its scale, and `report.labels` keeps those rows
+apart. A run whose suite cannot be expanded here (a suite file that is gone, a plugin method not
+imported) is left unmarked: nothing is known against it.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+from harness.errors import HarnessError
+from harness.ids import content_id
+from harness.schema import SECTIONS, RunSpec, non_default, resolve_section
+
+
+def recipe_id(spec: RunSpec) -> str:
+    """The id of a run's settings without its seed and its data folder (`--data-dir`)."""
+    identity = {key: non_default(key, getattr(spec, key)) for key in SECTIONS}
+    identity["task"] = {k: v for k, v in identity["task"].items() if k != "data_dir"}
+    return content_id(identity)
+
+
+@lru_cache(maxsize=None)
+def _suite_recipes(suite: str, scale: str, method: str | None) -> frozenset[str] | None:
+    """The recipe ids of a suite's runs at a scale (`method`: that method's, with a run of its
+    defaults when the suite does not list it); None when the suite cannot be expanded."""
+    from harness.suite import expand_suite
+    try:
+        specs = expand_suite(suite, scale, methods=[method] if method else None, seeds=1)
+    except (HarnessError, OSError, ValueError, TypeError, KeyError):
+        return None
+    return frozenset(recipe_id(spec) for spec in specs)
+
+
+def forget_suites() -> None:
+    """Drop the cached suite expansions (a suite file was edited)."""
+    _suite_recipes.cache_clear()
+
+
+def summary_spec(spec: dict) -> RunSpec | None:
+    """A summary's recorded spec, resolved with the current code; None when it lacks a section or
+    no longer resolves (an option since removed)."""
+    from harness.store import upgrade_spec
+    if not all(key in spec for key in (*SECTIONS, "suite", "scale", "seed")):
+        return None
+    spec = upgrade_spec(spec)
+    try:
+        return RunSpec(**{**spec, **{s: resolve_section(s, spec[s], s) for s in SECTIONS}})
+    except (HarnessError, TypeError, ValueError, KeyError):
+        return None
+
+
+def is_current(spec: dict) -> bool | None:
+    """Whether a summary's spec is one of its suite's runs as the suite stands now (any seed);
+    None when that cannot be told."""
+    run = summary_spec(spec)
+    if run is None:
+        return None
+    suite = run.suite_file or run.suite
+    listed = _suite_recipes(suite, run.scale, None)
+    if listed is None:
+        return None
+    if recipe_id(run) in listed:
+        return True
+    own = _suite_recipes(suite, run.scale, run.method["name"])   # a method the suite does not list
+    return None if own is None else recipe_id(run) in own

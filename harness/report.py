@@ -30,7 +30,9 @@ def _missing(value) -> bool:
 
 
 SUPERSEDED_MARK = " (old tuning choice: rerun pending)"
-OLD_RECIPE_MARK = " (old recipe: not the suite's settings now)"
+OLD_RECIPE_MARK = " (old recipe)"
+OLD_RECIPE_NOTE = ("(old recipe): runs whose settings their suite no longer has (it was changed since they ran); "
+                   "listed apart from the suite's runs now, until those replace them.")
 
 
 def labels(frame: pd.DataFrame) -> pd.Series:
@@ -141,7 +143,8 @@ def cell(mean, ci, n, row_seeds=None, collapsed=0) -> str:
 
 
 def _notes(table: pd.DataFrame) -> str:
-    notes = [INTERVAL_NOTE] + ([COLLAPSE_NOTE] if table["collapsed"].sum() else [])
+    notes = [INTERVAL_NOTE] + ([COLLAPSE_NOTE] if table["collapsed"].sum() else []) \
+        + ([OLD_RECIPE_NOTE] if table["label"].str.contains(OLD_RECIPE_MARK, regex=False).any() else [])
     return "\n" + "\n\n".join(notes) + "\n"
 
 

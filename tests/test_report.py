@@ -14,7 +14,7 @@ from harness.describe import describe_spec, describe_summaries
 from harness.errors import HarnessError
 from harness.report import (COLLAPSE_NOTE, bound_violations, capacity, memsize_markdown, paper_fig4a_markdown, paper_table1,
                             steps_markdown, table1_beside_paper_markdown, table1_markdown, table2_markdown,
-                            tuning_markdown, OLD_RECIPE_MARK, SUPERSEDED_MARK)
+                            tuning_markdown, OLD_RECIPE_MARK, OLD_RECIPE_NOTE, SUPERSEDED_MARK)
 from plots.__main__ import main as plots_main
 from tests.test_cli import TINY, run, write_suite
 
@@ -267,6 +267,7 @@ def test_runs_of_an_old_recipe_are_kept_apart_from_the_suites_runs_now(tmp_path)
     table = table1_markdown(frame, "cpu")
     gradmem_rows = [line for line in table.splitlines() if line.startswith("| gradmem")]
     assert len(gradmem_rows) == 2 and sum(OLD_RECIPE_MARK in row for row in gradmem_rows) == 1
+    assert OLD_RECIPE_NOTE in table
     assert all(OLD_RECIPE_MARK not in p["method"] for p in bound_violations(frame, tolerance=-2.0))
     # more seeds than the suite lists and a method it does not list are still its runs
     assert run(["--suite", path, "--seeds", "2", "--methods", "full_context,rmt"], tmp_path) == 0

@@ -13,23 +13,25 @@ from functools import lru_cache
 
 from harness.errors import HarnessError
 from harness.ids import content_id
-from harness.schema import SECTIONS, RunSpec, non_default, resolve_section
+from harness.schema import SECTIONS, RunSpec
 
 
 def recipe_id(spec: RunSpec) -> str:
-    """The id of a run's settings without its seed and its data folder (`--data-dir`)."""
-    identity = {key: non_default(key, getattr(spec, key)) for key in SECTIONS}
+    """The id of a run's settings (what its run id hashes) without its seed and its data folder
+    (`--data-dir`)."""
+    identity = {key: value for key, value in spec.identity().items() if key != "seed"}
     identity["task"] = {k: v for k, v in identity["task"].items() if k != "data_dir"}
     return content_id(identity)
 
 
 @lru_cache(maxsize=None)
-def _suite_recipes(suite: str, scale: str, method: str | None) -> frozenset[str] | None:
-    """The recipe ids of a suite's runs at a scale (`method`: that method's, with a run of its
-    defaults when the suite does not list it); None when the suite cannot be expanded."""
+def _suite_recipes(suite: str, scale: str, method: str) -> frozenset[str] | None:
+    """The recipe ids of a method's runs in a suite at a scale (a run of its defaults when the
+    suite does not list it, as `run_all.py --methods` runs it); None when the suite cannot be
+    expanded."""
     from harness.suite import expand_suite
     try:
-        specs = expand_suite(suite, scale, methods=[method] if method else None, seeds=1)
+        specs = expand_suite(suite, scale, methods=[method], seeds=1)
     except (HarnessError, OSError, ValueError, TypeError, KeyError):
         return None
     return frozenset(recipe_id(spec) for spec in specs)
@@ -43,12 +45,11 @@ def forget_suites() -> None:
 def summary_spec(spec: dict) -> RunSpec | None:
     """A summary's recorded spec, resolved with the current code; None when it lacks a section or
     no longer resolves (an option since removed)."""
-    from harness.store import upgrade_spec
+    from harness.store import resolve_spec
     if not all(key in spec for key in (*SECTIONS, "suite", "scale", "seed")):
         return None
-    spec = upgrade_spec(spec)
     try:
-        return RunSpec(**{**spec, **{s: resolve_section(s, spec[s], s) for s in SECTIONS}})
+        return resolve_spec(spec)
     except (HarnessError, TypeError, ValueError, KeyError):
         return None
 
@@ -59,11 +60,5 @@ def is_current(spec: dict) -> bool | None:
     run = summary_spec(spec)
     if run is None:
         return None
-    suite = run.suite_file or run.suite
-    listed = _suite_recipes(suite, run.scale, None)
-    if listed is None:
-        return None
-    if recipe_id(run) in listed:
-        return True
-    own = _suite_recipes(suite, run.scale, run.method["name"])   # a method the suite does not list
-    return None if own is None else recipe_id(run) in own
+    recipes = _suite_recipes(run.suite_file or run.suite, run.scale, run.method["name"])
+    return None if recipes is None else recipe_id(run) in recipes

@@ -198,6 +198,14 @@ def upgrade_spec(data: dict) -> dict:
     return data
 
 
+def resolve_spec(data: dict):
+    """A recorded spec (config.yaml, summary["spec"]) as a RunSpec resolved with the current code:
+    legacy keys renamed (`LEGACY_KEYS`), new options at their defaults."""
+    from harness.schema import RunSpec, SECTIONS, resolve_section
+    data = upgrade_spec(data)
+    return RunSpec(**{**data, **{s: resolve_section(s, data[s], s) for s in SECTIONS}})
+
+
 def reindex(results: Path | str = "results", cache: Path | str | None = None,
             suites: list[str] | None = None) -> list[tuple[str, str]]:
     """Re-derive every run's id from its config.yaml with the current code (legacy keys renamed,
@@ -205,7 +213,6 @@ def reindex(results: Path | str = "results", cache: Path | str | None = None,
     rewriting its config.yaml and its summary's spec; a finished run wins over an unfinished one
     with the same id. `suites`: only these folders of `results` (None: all). A run whose id is
     unchanged is left untouched. Returns the (old, new) ids that changed."""
-    from harness.schema import RunSpec, SECTIONS, resolve_section
     changed = []
     for config in sorted(Path(results).glob("*/*/config.yaml")):
         folder = config.parent
@@ -214,8 +221,7 @@ def reindex(results: Path | str = "results", cache: Path | str | None = None,
         data = yaml.safe_load(config.read_text())
         if "kind" in data:   # a latency cell: its id hashes the cell itself
             continue
-        data = upgrade_spec(data)
-        spec = RunSpec(**{**data, **{s: resolve_section(s, data[s], s) for s in SECTIONS}})
+        spec = resolve_spec(data)
         if spec.run_id == folder.name:
             continue
         target = folder.parent / spec.run_id

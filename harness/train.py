@@ -107,11 +107,20 @@ class Trainer:
             path.unlink()
             self.metrics_path.unlink(missing_ok=True)
             return False
+        step = data["state"]["step"]
+        kept = [r for r in store.read_jsonl(self.metrics_path) if r["step"] <= step]
+        if step and (not kept or kept[-1]["step"] != step):
+            # every checkpoint follows the curve's record of its step: without that record the
+            # curve was lost (its folder deleted), and a resumed run would ship a curve with a gap
+            log.warning("%s: its checkpoint at step %d has no curve up to that step; starting afresh",
+                        self.label, step)
+            path.unlink()
+            self.metrics_path.unlink(missing_ok=True)
+            return False
         self.method.load_state_dict(data["method"])
         self.optimizer.load_state_dict(data["optimizer"])
         self.scheduler.load_state_dict(data["scheduler"])
         self.state = {**self.state, **data["state"]}   # keys added since the checkpoint keep their defaults
-        kept = [r for r in store.read_jsonl(self.metrics_path) if r["step"] <= self.state["step"]]
         store.atomic_write(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
         log.info("%s: resumed at step %d (stage %d)", self.label, self.state["step"], self.state["stage"])
         return True

@@ -201,6 +201,30 @@ def test_a_checkpoint_from_other_train_settings_is_not_resumed(tmp_path):
     assert not (tmp_path / "checkpoints" / "last.pt").exists() and not (tmp_path / "metrics.jsonl").exists()
 
 
+def test_a_checkpoint_whose_curve_was_deleted_is_not_resumed(tmp_path):
+    """A results folder deleted while its checkpoint stays: resuming would ship a curve with a gap
+    (and a summary whose stages the curve no longer shows), so the run starts afresh."""
+    task = make_task(format="compact", pairs=2, key_length=1, value_length=1, key_symbols=6, value_symbols=6)
+
+    def trainer():
+        config = build(TrainConfig, {"steps": 4, "batch_size": 2}, "train")
+        return Trainer(make_method("query_only", task), task, config, build(EvalConfig, {"examples": 4}, "eval"),
+                       0, "cpu", tmp_path / "metrics.jsonl", tmp_path / "checkpoints", progress=False)
+
+    old = trainer()
+    old.state["step"] = 4
+    old.save_checkpoint()
+    (tmp_path / "metrics.jsonl").write_text('{"step": 2}\n{"step": 4}\n')
+    assert trainer().try_resume()                                     # curve up to its step: resumes
+    for curve in ("", '{"step": 2}\n'):                               # folder gone, or the curve cut short
+        (tmp_path / "metrics.jsonl").write_text(curve)
+        old.save_checkpoint()
+        fresh = trainer()
+        assert not fresh.try_resume() and fresh.state["step"] == 0
+        assert not (tmp_path / "checkpoints" / "last.pt").exists()
+        assert not (tmp_path / "metrics.jsonl").exists()
+
+
 def test_a_tuned_run_trains_with_the_chosen_cell_and_records_the_grid(tmp_path):
     from harness.runner import execute_run
     spec = tiny_spec(tmp_path)

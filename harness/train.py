@@ -92,6 +92,13 @@ class Trainer:
         if path is not None:
             path.unlink(missing_ok=True)
 
+    def _start_afresh(self, reason: str) -> bool:
+        """Drop a resume point that must not be continued, and its curve; False: not resumed."""
+        log.warning("%s: %s; starting afresh", self.label, reason)
+        self.discard_resume_point()
+        self.metrics_path.unlink(missing_ok=True)
+        return False
+
     def try_resume(self) -> bool:
         path = self._checkpoint_path()
         if path is None or not path.exists():
@@ -102,21 +109,14 @@ class Trainer:
         if data.get("train", settings) != settings:
             # the run id leaves out the tuned setting: a run retrained for a new tuning choice must
             # not resume the old choice's weights, nor keep its curve
-            log.warning("%s: its checkpoint trained with other settings (%s); starting afresh", self.label,
-                        {k: v for k, v in data["train"].items() if v != settings.get(k)})
-            path.unlink()
-            self.metrics_path.unlink(missing_ok=True)
-            return False
+            changed = {k: v for k, v in data["train"].items() if v != settings.get(k)}
+            return self._start_afresh(f"its checkpoint trained with other settings ({changed})")
         step = data["state"]["step"]
         kept = [r for r in store.read_jsonl(self.metrics_path) if r["step"] <= step]
         if step and (not kept or kept[-1]["step"] != step):
             # every checkpoint follows the curve's record of its step: without that record the
             # curve was lost (its folder deleted), and a resumed run would ship a curve with a gap
-            log.warning("%s: its checkpoint at step %d has no curve up to that step; starting afresh",
-                        self.label, step)
-            path.unlink()
-            self.metrics_path.unlink(missing_ok=True)
-            return False
+            return self._start_afresh(f"its checkpoint at step {step} has no curve up to that step")
         self.method.load_state_dict(data["method"])
         self.optimizer.load_state_dict(data["optimizer"])
         self.scheduler.load_state_dict(data["scheduler"])

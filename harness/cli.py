@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -36,6 +37,8 @@ def parse_args(argv):
     parser.add_argument("--dry-run", action="store_true", help="print the runs and their cost; train nothing")
     parser.add_argument("--list", action="store_true", help="print registered methods, tasks and suites")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--yes", action="store_true",
+                        help=f"start a sweep estimated at more than {LONG_SWEEP_SECONDS // 3600} hours")
     return parser.parse_args(argv)
 
 
@@ -56,13 +59,14 @@ def print_registry() -> None:
 def print_plan(specs, out: Path, device: str | None = None, suite: str | None = None) -> None:
     """The runs, the training contexts left, and the estimated time from measured step costs
     (harness.step_costs; `device` defaults to auto: cuda when available, else cpu)."""
-    from harness import step_costs
+    from harness import step_costs, store
     from harness.runner import is_done, resolve_device
     from harness.tune import tune_id
     plan = step_costs.plan(specs, out, device or resolve_device("auto"), suite)
     total, left, tunings = 0, 0, {}
     for spec in specs:
         done = is_done(out, spec)
+        state = "done" if done else "damaged" if store.summary_state(out, spec.suite, spec.run_id) == "damaged" else "todo"
         tune = spec.train.get("tune")
         if tune and not done and tune_id(spec) not in tunings:   # the grid cells not cached yet
             tunings[tune_id(spec)] = step_costs.tuning_cells_left(out, spec) * tune["steps"] * spec.train["batch_size"]
@@ -70,7 +74,7 @@ def print_plan(specs, out: Path, device: str | None = None, suite: str | None = 
         total += 0 if done else spec.train["steps"] * spec.train["batch_size"]
         stages = spec.train["curriculum"] or [{}]
         curriculum = " -> ".join(",".join(f"{k}={v}" for k, v in stage.items()) for stage in stages if stage)
-        print(f"{spec.run_id}  {'done ' if done else 'todo '} {spec.label():<44} {spec.task_label()}"
+        print(f"{spec.run_id}  {state:<7} {spec.label():<44} {spec.task_label()}"
               + (f" curriculum {curriculum}" if curriculum else "")
               + f" steps<={spec.train['steps']} batch={spec.train['batch_size']}"
               + f"  est {plan.notes.get(spec.run_id, 'unmeasured')}")
@@ -80,6 +84,50 @@ def print_plan(specs, out: Path, device: str | None = None, suite: str | None = 
              if tunings else ""))
     for line in plan.lines:
         print(line)
+
+
+LONG_SWEEP_SECONDS = 86400   # a sweep estimated longer than this starts only with --yes
+
+
+def confirm_long_sweep(specs, out: Path, device: str, yes: bool) -> None:
+    """Refuse, in one line, a sweep whose estimate (`harness.step_costs.plan`) exceeds a day unless
+    `yes`; a sweep without any measured estimate is bounded below by its step budgets at the
+    fastest measured step of the record."""
+    if yes:
+        return
+    from harness import step_costs
+    plan = step_costs.plan(specs, out, device)
+    if plan.seconds > LONG_SWEEP_SECONDS:
+        raise HarnessError(f"this sweep needs {'at least ' if plan.unmeasured else 'up to '}"
+                           f"{step_costs.duration(plan.seconds)} of training on "
+                           f"{plan.device_tag}; add --yes to start it anyway (--dry-run shows the runs)")
+
+
+def writable_folder(text: str, flag: str) -> Path:
+    """The folder `flag` names, checked before anything runs: not empty, not a file, not below a
+    file, and writable where it exists or would be made (a HarnessError naming the path if not)."""
+    if not text.strip():
+        raise HarnessError(f"{flag} is empty; give a folder (e.g. {flag} results)")
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise HarnessError(f"{flag} {path} is a file, not a folder")
+    existing = path
+    while not existing.exists():   # the nearest folder that exists: where the rest would be made
+        existing = existing.parent
+    if not existing.is_dir():
+        raise HarnessError(f"{flag} {path}: {existing} is a file, so no folder can be made below it")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise HarnessError(f"{flag} {path}: {existing} is not writable")
+    return path
+
+
+def make_folders(*paths: Path) -> None:
+    """Create the results and cache folders before any run starts; a failure is one line."""
+    for path in paths:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise HarnessError(f"cannot create {path}: {error.strerror or error}") from None
 
 
 def matching(items: list, patterns: list[str], text, what: str) -> list:
@@ -113,9 +161,8 @@ def main(argv=None) -> int:
         if args.jobs < 1:
             raise HarnessError(f"--jobs = {args.jobs} must be >= 1")
         methods = [m for m in (args.methods or "").split(",") if m] or None
-        out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise HarnessError(f"--out {out} is a file, not a results directory")
+        out = writable_folder(args.out, "--out")
+        cache = writable_folder(args.cache, "--cache") if args.cache is not None else None
         from harness import latency
         if latency.is_latency_suite(args.suite):   # timing only, no training: its own runner
             return latency.main(args, scale, device, methods, out)
@@ -125,11 +172,12 @@ def main(argv=None) -> int:
         if args.dry_run:
             print_plan(specs, out, device, args.suite)
             return 0
-        cache = Path(args.cache) if args.cache else None
         kwargs = {"cache_dir": cache} if cache else {}
-        log.info("suite %s at scale %s: %d runs on %s", args.suite, scale, len(specs), device)
         if args.backend not in ("loky", "dask"):
             raise HarnessError(f"unknown backend {args.backend!r}; valid: loky, dask")
+        confirm_long_sweep(specs, out, device, args.yes)
+        make_folders(out, *([cache] if cache else []))
+        log.info("suite %s at scale %s: %d runs on %s", args.suite, scale, len(specs), device)
         outcomes = run_specs(specs, out, device, args.jobs, plugins=args.plugin, backend=args.backend,
                              progress=not args.quiet, scheduler=args.scheduler, **kwargs)
     except HarnessError as error:

@@ -26,8 +26,7 @@ def describe_summaries(results: Path | str = "results", refresh: bool = False) -
     """Write summary["describe"] into every summary under `results` that lacks it (every one whose
     description differs, with `refresh`); atomic writes. Returns the summaries changed."""
     changed = []
-    for path in sorted(Path(results).glob("*/*/summary.json")):
-        summary = json.loads(path.read_text())
+    for path, summary in store.summaries(results):
         renamed = "write_passes" in summary
         if renamed:
             summary["write_compute"] = summary.pop("write_passes")

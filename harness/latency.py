@@ -551,7 +551,15 @@ def cell_path(out: Path, cell: Cell) -> Path:
 
 
 def is_finished(out: Path, cell: Cell) -> bool:
-    return cell_path(out, cell).exists()
+    """Its record reads back valid (`harness.store.read_summary`); a damaged one is timed again."""
+    path = cell_path(out, cell)
+    if not path.exists():
+        return False
+    try:
+        store.read_summary(path)
+    except store.DamagedSummary:
+        return False
+    return True
 
 
 def summary_of(cell: Cell, measured: dict, seconds: float) -> dict:
@@ -572,6 +580,8 @@ def summary_of(cell: Cell, measured: dict, seconds: float) -> dict:
 def run_cell(cell: Cell, out: Path, backbones: BackboneCache) -> float:
     """Time one cell and write its results atomically; returns its wall time."""
     started = time.time()
+    if cell_path(out, cell).exists():   # here only when damaged (`is_finished`)
+        store.set_aside(cell_path(out, cell))
     if cell.kind == "ratio":
         from harness.runner import versions
         measured = time_ratio(cell, backbones)
@@ -631,12 +641,10 @@ def print_plan(cells: list[Cell], skipped: list[str], out: Path) -> None:
 def load(results: Path | str = "results") -> tuple[pd.DataFrame, pd.DataFrame]:
     """(timing cells, R measurements) of every latency suite under `results`, one row each."""
     timings, ratios = [], []
-    for path in sorted(Path(results).glob("*/*/summary.json")):
-        summary = json.loads(path.read_text())
+    for _, summary in store.summaries(results):
         if summary.get("kind") == KIND:
             timings.append(timing_row(summary))
-    for path in sorted(Path(results).glob(f"*/{RATIO_FOLDER}/*.json")):
-        summary = json.loads(path.read_text())
+    for _, summary in store.summaries(results, f"*/{RATIO_FOLDER}/*.json"):
         if summary.get("kind") == "ratio":
             cell = summary["cell"]
             ratios.append({**_cell_keys(cell), "memory_size": cell["memory_size"], "ratio": summary["ratio"],

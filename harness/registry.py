@@ -24,7 +24,9 @@ def _register(table: dict, kind: str, base: str):
         if cls.name in table and table[cls.name] is not cls:
             existing = table[cls.name]
             if (existing.__module__, existing.__qualname__) != (cls.__module__, cls.__qualname__):
-                raise TypeError(f"{kind} {cls.name!r} registered twice ({existing} and {cls})")
+                raise HarnessError(f"{kind} name {cls.name!r} is taken twice: by {existing.__module__}."
+                                   f"{existing.__qualname__} and by {cls.__module__}.{cls.__qualname__}; "
+                                   f"give one of them another `name`")
         table[cls.name] = cls
         return cls
     return decorator

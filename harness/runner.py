@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import platform
@@ -117,7 +116,7 @@ def seed_everything(seed: int) -> None:
 
 def trained_choice(out: Path, spec: RunSpec) -> dict | None:
     """The tuned setting a finished run trained with (None without tuning)."""
-    summary = json.loads((store.run_dir(out, spec.suite, spec.run_id) / "summary.json").read_text())
+    summary = store.read_summary(store.run_dir(out, spec.suite, spec.run_id) / "summary.json")
     return store.trained_setting(summary)
 
 
@@ -132,10 +131,11 @@ def is_done(out: Path, spec: RunSpec) -> bool:
 def execute_run(spec: RunSpec, out: Path, device: str = "cpu", cache_dir: Path = DEFAULT_CACHE,
                 progress: bool = True) -> RunOutcome:
     """Train and evaluate one run; write config.yaml, metrics.jsonl and summary.json. A run that
-    another process is training (its lock under the cache directory is held) is skipped."""
+    another process is training (its lock beside the results, `store.run_lock_path`, is held) is
+    skipped, whatever cache either process uses. A damaged summary is kept aside and the run trained."""
     if is_done(out, spec):
         return RunOutcome(spec.run_id, spec.label(), "skipped")
-    lock_path = Path(cache_dir) / "locks" / f"{spec.suite}-{spec.run_id}.lock"
+    lock_path = store.run_lock_path(out, spec.suite, spec.run_id)
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(lock_path))
     try:
@@ -146,6 +146,8 @@ def execute_run(spec: RunSpec, out: Path, device: str = "cpu", cache_dir: Path =
     try:
         if is_done(out, spec):   # finished while we waited for the lock
             return RunOutcome(spec.run_id, spec.label(), "skipped")
+        if store.summary_state(out, spec.suite, spec.run_id) == "damaged":
+            store.set_aside(store.run_dir(out, spec.suite, spec.run_id) / "summary.json")
         return _train_and_record(spec, out, device, cache_dir, progress)
     finally:
         lock.release()
@@ -161,7 +163,7 @@ def _train_and_record(spec: RunSpec, out: Path, device: str, cache_dir: Path, pr
         train = {**spec.train, **tuning["chosen"]}
         started = time.time()   # wall_seconds: this run alone (the shared tuning has its own cells)
         if store.is_finished(out, spec.suite, spec.run_id):
-            summary = json.loads((directory / "summary.json").read_text())
+            summary = store.read_summary(directory / "summary.json")
             trained = store.trained_setting(summary)
             if trained == tuning["chosen"]:   # kept: its summary gets the new record
                 store.write_json(directory / "summary.json", {**summary, "tuning": tuning})

@@ -14,7 +14,7 @@ from harness.errors import HarnessError
 from harness.typed import build, check_keys, describe_type, non_negative, type_ok
 from harness.ids import content_id
 
-SCALES = ("smoke", "cpu", "shapes", "gpu", "paper")
+SCALES = ("smoke", "cpu", "chars", "shapes", "gpu", "paper")
 
 
 @dataclass

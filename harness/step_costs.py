@@ -23,6 +23,7 @@ from harness.ids import content_id
 from harness.schema import stage_budget
 
 RECORD_DIR = "step_costs"          # under the results root
+SHIPPED = Path(__file__).resolve().parent.parent / "results"   # the step costs that come with the harness
 GPU_SCALES = ("gpu", "paper")      # scales meant for a GPU: a CPU dry run of them reads a cuda record
 
 
@@ -84,8 +85,17 @@ def select_record(out: Path | str, device: str, scale: str) -> tuple[dict | None
 
     cuda: the record of this GPU, else the newest cuda record. cpu: the record with this process's
     thread count, else the newest cpu record; at a GPU scale (gpu, paper) the newest cuda record,
-    since those scales are meant for a GPU.
+    since those scales are meant for a GPU. Records under `out` first, else the shipped ones.
     """
+    record, note = _select_in(out, device, scale)
+    if record is None and Path(out).resolve() != SHIPPED.resolve():
+        shipped, shipped_note = _select_in(SHIPPED, device, scale)
+        if shipped is not None:
+            return shipped, f"none under {out}: read the shipped record" + (f"; {shipped_note}" if shipped_note else "")
+    return record, note
+
+
+def _select_in(out: Path | str, device: str, scale: str) -> tuple[dict | None, str]:
     folder = Path(out) / RECORD_DIR
     want = "cuda" if device == "cuda" or scale in GPU_SCALES else "cpu"
     if want == device:
@@ -192,9 +202,14 @@ def duration(seconds: float) -> str:
 
 @dataclass
 class Plan:
-    """The dry run's estimate: a note per run (by run id) and the closing lines."""
+    """The dry run's estimate: a note per run (by run id), the closing lines, and the seconds of the
+    runs left to train, at most (the measured ones; an unmeasured run adds its step budget at the
+    record's fastest measured step, a floor), on `device_tag`."""
     notes: dict[str, str]
     lines: list[str]
+    seconds: float = 0.0
+    device_tag: str | None = None
+    unmeasured: int = 0
 
 
 def plan(specs, out: Path | str, device: str, suite: str | None = None) -> Plan:
@@ -209,6 +224,9 @@ def plan(specs, out: Path | str, device: str, suite: str | None = None) -> Plan:
     target = "cuda" if device == "cuda" or scale in GPU_SCALES else "cpu"
     command = record_command(suite, scale, target, out)
     notes, total, unmeasured, todo, tuned, tunings = {}, 0.0, 0, 0, set(), 0.0
+    measured_steps = [e["seconds"] for e in (record or {}).get("entries", {}).values()
+                      if not e.get("skipped") and e.get("seconds") is not None]
+    fastest, floor = min(measured_steps, default=0.0), 0.0   # an unmeasured run: its steps at least at this
     for spec in specs:
         done = is_done(out, spec)
         cells = 0
@@ -220,6 +238,7 @@ def plan(specs, out: Path | str, device: str, suite: str | None = None) -> Plan:
         if result.seconds is None:
             notes[spec.run_id] = "unmeasured"
             unmeasured += not done
+            floor += 0 if done else spec.train["steps"] * fastest
             continue
         notes[spec.run_id] = f"<= {duration(result.seconds)}" + (
             f" (tuning {duration(result.tuning)})" if result.tuning else "")
@@ -240,7 +259,9 @@ def plan(specs, out: Path | str, device: str, suite: str | None = None) -> Plan:
                f"{measured}, {record['path']}{'; ' + note if note else ''})"]
     if unmeasured:
         lines.append(f"{unmeasured} of {todo} runs to train unmeasured"
-                     + (f" ({skipped} step shapes recorded as skipped)" if skipped else "") + f": {command}")
+                     + (f" ({skipped} step shapes recorded as skipped)" if skipped else "")
+                     + (f", at least {duration(floor)} (their step budgets at the fastest measured step)"
+                        if floor else "") + f": {command}")
     else:
         lines.append(f"every run to train is measured ({todo} runs)")
-    return Plan(notes, lines)
+    return Plan(notes, lines, total + floor, record["device_tag"], unmeasured)

@@ -2,7 +2,9 @@
 
 results/<suite>/<run_id>/config.yaml   the resolved spec
                          metrics.jsonl the training curve, one JSON object per evaluation
-                         summary.json  final metrics; its presence marks the run finished
+                         summary.json  final metrics; a summary that reads back whole and
+                                       valid marks the run finished (`summary_state`)
+<out>/.locks/<suite>-<run_id>.lock     held by the one process training that run
 """
 from __future__ import annotations
 
@@ -65,8 +67,75 @@ def read_jsonl(path: Path) -> list[dict]:
     return records
 
 
+class DamagedSummary(ValueError):
+    """A summary.json that does not read back whole and valid (cut short, not JSON, not a summary)."""
+
+
+def read_summary(path: Path) -> dict:
+    """A summary read back whole: a JSON object with a `run_id`; a latency record has its `kind`, a
+    training run's (no `kind`) a status, a spec naming its suite, scale, method, task and seed, and a
+    list of stages. Raises DamagedSummary."""
+    path = Path(path)
+    try:
+        summary = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DamagedSummary(f"{path}: not a whole JSON file ({type(error).__name__}: {error})") from None
+    if not isinstance(summary, dict):
+        raise DamagedSummary(f"{path}: a JSON {type(summary).__name__}, not a summary object")
+    missing = [key for key in ("run_id",) if key not in summary]
+    if "kind" not in summary:
+        missing += [key for key in ("status",) if key not in summary]
+        spec = summary.get("spec")
+        if not isinstance(spec, dict) or not {"suite", "scale", "method", "task", "seed"} <= set(spec):
+            missing.append("spec.{suite, scale, method, task, seed}")
+        if not isinstance(summary.get("stages"), list):
+            missing.append("stages")
+    if missing:
+        raise DamagedSummary(f"{path}: not a summary (missing {', '.join(dict.fromkeys(missing))})")
+    return summary
+
+
+def summary_state(out: Path, suite: str, run_id: str) -> str:
+    """'finished' (its summary reads back valid), 'damaged' (a summary.json that does not) or 'missing'."""
+    path = run_dir(out, suite, run_id) / "summary.json"
+    if not path.exists():
+        return "missing"
+    try:
+        read_summary(path)
+    except DamagedSummary:
+        return "damaged"
+    return "finished"
+
+
 def is_finished(out: Path, suite: str, run_id: str) -> bool:
-    return (run_dir(out, suite, run_id) / "summary.json").exists()
+    return summary_state(out, suite, run_id) == "finished"
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a damaged file to `<name>.damaged` (`.damaged.1`, ... if taken), with one warning line."""
+    path = Path(path)
+    target, index = path.with_name(path.name + ".damaged"), 0
+    while target.exists():
+        index += 1
+        target = path.with_name(f"{path.name}.damaged.{index}")
+    path.replace(target)
+    logging.getLogger(__name__).warning("%s is damaged: kept aside as %s", path, target.name)
+    return target
+
+
+def summaries(results: Path | str, pattern: str = "*/*/summary.json"):
+    """(path, summary) of every summary under `results` (`<suite>/<run>/summary.json`) that reads
+    back valid; a damaged one is skipped with one warning line naming it."""
+    for path in sorted(Path(results).glob(pattern)):
+        try:
+            yield path, read_summary(path)
+        except DamagedSummary as error:
+            logging.getLogger(__name__).warning("skipped a damaged summary: %s", error)
+
+
+def run_lock_path(out: Path, suite: str, run_id: str) -> Path:
+    """The lock a process holds while it trains a run: beside the results, whatever the cache."""
+    return Path(out) / ".locks" / f"{suite}-{run_id}.lock"
 
 
 def _flatten(prefix: str, mapping: dict) -> dict:
@@ -131,7 +200,7 @@ def summary_rows(summary: dict) -> list[dict]:
 def load(results: Path | str = "results") -> pd.DataFrame:
     """Every training run's summary under `results` as one DataFrame (one row per stage and
     evaluated write setting). Summaries with a `kind` (latency cells, `harness.latency`) are not
-    training runs and are left out.
+    training runs and are left out; a damaged summary is skipped with a warning (`summaries`).
     A run's `tuning` is its suite's current tuning record (`<suite>/tuning/<tune_id>.json`, the
     one with every cell scored so far) when that record still chooses the setting the run trained
     with, else the copy in its summary, and `superseded_tuning` says which.
@@ -140,8 +209,7 @@ def load(results: Path | str = "results") -> pd.DataFrame:
     from harness import recipes
     recipes.forget_suites()   # suite files may have changed since the last load
     rows = []
-    for path in sorted(Path(results).glob("*/*/summary.json")):
-        summary = json.loads(path.read_text())
+    for path, summary in summaries(results):
         if "kind" not in summary:
             current = current_tuning(summary, path.parent.parent / "tuning")
             superseded = tuning_superseded(summary, current)

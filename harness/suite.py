@@ -78,7 +78,19 @@ def _runs_of_unlisted_methods(methods: list[str], runs: list[dict], base: dict) 
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 as PyYAML reads it, plus YAML 1.2's floats: `3e-3` is 0.003, not the text '3e-3'."""
+    """YAML 1.1 as PyYAML reads it, plus YAML 1.2's floats (`3e-3` is 0.003, not the text '3e-3'),
+    and a key given twice in one mapping is an error (PyYAML would keep the last value silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver(
@@ -94,19 +106,33 @@ def load_yaml(text: str):
 def read_suite_file(name: str):
     """The parsed YAML of a suite (name or path); invalid YAML is a HarnessError."""
     path = registry.suite_path(name)
+    if path.is_dir():
+        raise HarnessError(f"suite path {path} is a folder; give a suite name or a YAML file")
     try:
-        return load_yaml(path.read_text()) or {}
+        return load_yaml(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as error:
+        raise HarnessError(f"suite file {path} is not UTF-8 text (byte {error.start}: {error.reason})") from None
+    except OSError as error:
+        raise HarnessError(f"cannot read suite file {path}: {error.strerror or error}") from None
     except yaml.YAMLError as error:
-        raise HarnessError(f"suite file {path} is not valid YAML: {error}") from None
+        raise HarnessError(f"suite file {path} is not valid YAML: {' '.join(str(error).split())}") from None
 
 
 def check_suite_keys(data, suite_keys, scale_keys, name: str) -> None:
     """Top-level keys, scale names and each scale's keys of a suite."""
     check_keys(data, suite_keys, f"suite {name}")
+    _check_description(data, f"suite {name}")
     for scale, body in (data.get("scales") or {}).items():
         if scale not in SCALES:
             raise HarnessError(f"unknown scale {scale!r} in suite {name}; valid: {', '.join(SCALES)}")
         check_keys(body or {}, scale_keys, f"suite {name}, scale {scale}")
+        _check_description(body or {}, f"suite {name}, scale {scale}")
+
+
+def _check_description(body: dict, where: str) -> None:
+    description = body.get("description")
+    if description is not None and not isinstance(description, str):
+        raise HarnessError(f"{where}: description = {description!r} must be text")
 
 
 def load_suite(name: str) -> dict:

@@ -9,7 +9,8 @@ pairs start from the checkpoint of fewer). A stage collapses when its validation
 falls more than `collapse_drop` below the stage's best, or when the training loss rises above
 the task's chance level after having been below it; the run is then recorded `collapsed` (its
 scores still come from the best weights). A checkpoint after every evaluation lets a killed run
-resume where it stopped; training batches are a function of (seed, step), so the resumed run
+resume where it stopped (the one before it is kept: a last checkpoint that does not load falls back
+to it, then to a fresh start, with a warning naming the file); training batches are a function of (seed, step), so the resumed run
 sees the same data.
 """
 from __future__ import annotations
@@ -33,6 +34,8 @@ from harness.pipeline import training_loss
 log = logging.getLogger(__name__)
 
 TEST_SEED = 0   # every run of a task is scored on the same test examples, whatever its seed
+PREVIOUS = "previous.pt"   # the checkpoint before `last.pt`, kept as its fallback
+CHECKPOINT_KEYS = {"method", "optimizer", "scheduler", "state", "train"}
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
@@ -82,15 +85,39 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(), "state": self.state, "train": asdict(self.config)}
         tmp = path.with_suffix(".tmp")
         torch.save(data, tmp)
+        if path.exists():
+            path.replace(path.with_name(PREVIOUS))   # the fallback when `last.pt` does not load
         tmp.replace(path)
         if self.state["best_state"] is not None:
-            torch.save(self.state["best_state"], path.with_name(f"best_stage{self.state['stage']}.pt"))
+            best = path.with_name(f"best_stage{self.state['stage']}.pt")
+            torch.save(self.state["best_state"], best.with_suffix(".tmp"))
+            best.with_suffix(".tmp").replace(best)
 
     def discard_resume_point(self) -> None:
-        """Drop the resume checkpoint (the best weights of each stage stay)."""
+        """Drop the resume checkpoints (the best weights of each stage stay)."""
         path = self._checkpoint_path()
         if path is not None:
             path.unlink(missing_ok=True)
+            path.with_name(PREVIOUS).unlink(missing_ok=True)
+
+    def _load_resume_point(self) -> dict | None:
+        """The newest checkpoint that loads whole (`last.pt`, else `previous.pt`); a damaged one is
+        named in one warning line and deleted. None: nothing to resume."""
+        path = self._checkpoint_path()
+        for candidate in (path, path.with_name(PREVIOUS)):
+            if not candidate.exists():
+                continue
+            try:
+                data = torch.load(candidate, map_location="cpu", weights_only=False)
+                if not isinstance(data, dict) or not CHECKPOINT_KEYS <= set(data):
+                    raise ValueError(f"missing {sorted(CHECKPOINT_KEYS - set(data or {}))}")
+                return data
+            except Exception as error:   # a truncated zip, a torn pickle, a foreign file
+                first = (str(error).strip().splitlines() or [""])[0][:120]
+                log.warning("%s: checkpoint %s is damaged (%s: %s); falling back", self.label, candidate,
+                            type(error).__name__, first)
+                candidate.unlink()
+        return None
 
     def _start_afresh(self, reason: str) -> bool:
         """Drop a resume point that must not be continued, and its curve; False: not resumed."""
@@ -100,11 +127,10 @@ class Trainer:
         return False
 
     def try_resume(self) -> bool:
-        path = self._checkpoint_path()
-        if path is None or not path.exists():
+        data = self._load_resume_point() if self._checkpoint_path() is not None else None
+        if data is None:
             self.metrics_path.unlink(missing_ok=True)  # a curve from a run that left no checkpoint
             return False
-        data = torch.load(path, map_location="cpu", weights_only=False)
         settings = asdict(self.config)
         if data.get("train", settings) != settings:
             # the run id leaves out the tuned setting: a run retrained for a new tuning choice must

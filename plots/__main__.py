@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 from harness import store
@@ -24,7 +25,19 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="plots")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    frame = store.load(args.results)
+    results = Path(args.results)
+    if not results.is_dir():
+        print(f"error: --results {results} is not a folder of results; nothing written", file=sys.stderr)
+        return 2
+    frame = store.load(results)
+    if frame.empty and not any(store.summaries(results)):   # no training run, no latency cell
+        print(f"error: no run summaries under {results}; nothing written (tables and figures are kept as they "
+              f"are)", file=sys.stderr)
+        return 2
+    if not frame.empty:
+        logging.info("found %d runs under %s: %s", frame["run_id"].nunique(), results,
+                     ", ".join(f"{suite} {scale}" for suite, scale in
+                               sorted(set(zip(frame["suite"], frame["scale"])))))
     out = Path(args.out)
     scales = sorted(frame["scale"].unique()) if not frame.empty else []
     made = []

@@ -325,12 +325,12 @@ def test_a_run_another_process_is_training_is_skipped_and_left_alone(tmp_path):
     from harness.suite import expand_suite
     spec = expand_suite(write_suite(tmp_path), "cpu")[0]
     cache = tmp_path / "cache"
-    held = FileLock(str(cache / "locks" / f"{spec.suite}-{spec.run_id}.lock"))
-    (cache / "locks").mkdir(parents=True)
-    with held:
+    lock = store.run_lock_path(tmp_path / "results", spec.suite, spec.run_id)
+    lock.parent.mkdir(parents=True)
+    with FileLock(str(lock)):
         outcome = runner.execute_run(spec, tmp_path / "results", cache_dir=cache, progress=False)
     assert outcome.status == "skipped" and outcome.error == "running in another process"
-    assert not (tmp_path / "results").exists()
+    assert not (tmp_path / "results" / spec.suite).exists()
     assert runner.execute_run(spec, tmp_path / "results", cache_dir=cache, progress=False).status == "finished"
 
 

@@ -20,6 +20,9 @@ shape of a suite for the dry run's time estimate (bench/suite_cost.py has that m
 options):
 
     python -m bench.step_cost --suite capacity --scale gpu --device cuda
+
+With `--trainer` it splits the trainer's step into batch, model step and host overhead
+(bench/trainer_overhead.py).
 """
 from __future__ import annotations
 
@@ -181,6 +184,9 @@ def run_isolated(*args) -> dict:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if "--trainer" in argv:   # where a trainer's step goes (bench/trainer_overhead.py)
+        from bench.trainer_overhead import main as trainer_main
+        return trainer_main(argv)
     if any(arg == "--suite" or arg.startswith("--suite=") for arg in argv):   # the suite mode
         from bench.suite_cost import main as suite_main
         return suite_main(argv)

@@ -48,7 +48,8 @@ class Memory:
     state:  tensors whose first dimension is the batch of contexts (any nesting of
             tuples/lists/dicts); `select` indexes them along that dimension.
     floats: size of one context's memory in numbers (same units for every method).
-    log:    what the write logged, e.g. per-step inner loss and gradient norm.
+    log:    what the write logged, e.g. per-step inner loss and gradient norm (tensors are fine:
+            nothing reads them inside a training step).
     aux_loss: a training-only loss term the method adds to the READ loss (e.g. RMT's
             reconstruction of the context from memory); None for most methods.
     """
@@ -166,6 +167,12 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def examples(self, split: str, count: int, seed: int) -> list[Example]:
         """`count` examples of `split` ('train', 'valid', 'test'), deterministic in seed."""
+
+    def train_batch(self, count: int, seed: int, queries_per_context: int | str = "all"):
+        """A task that draws its training data as tensors returns the `harness.data.Batch` that
+        `collate(self.examples("train", count, seed), self, queries_per_context)` would give, built
+        without text; None (the default): the trainer collates `examples`."""
+        return None
 
     def score_mask(self, target_ids: Sequence[int]) -> list[bool]:
         """Which target tokens exact match scores (default: all)."""

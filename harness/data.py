@@ -100,8 +100,8 @@ class Batch:
     context_index: torch.Tensor   # (Q,) long: the context of each read
     context_roles: torch.Tensor   # (B, Lc) long: role of each context token (contract.ROLE_NAMES)
 
-    def to(self, device) -> "Batch":
-        return Batch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+    def to(self, device, non_blocking: bool = False) -> "Batch":
+        return Batch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)})
 
 
 def _pad(rows: list[list[int]], pad_id: int, min_len: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

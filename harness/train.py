@@ -155,22 +155,34 @@ class Trainer:
     def stage_task(self, index: int):
         return self.base_task.with_params(**self.stages[index]) if self.stages[index] else self.base_task
 
-    def train_step(self, task) -> float:
-        cfg, s = self.config, self.state
-        examples = task.examples("train", cfg.batch_size, seed=self.seed * 1_000_003 + s["step"])
-        batch = collate(examples, task, cfg.queries_per_context).to(self.device)
+    def train_batch(self, task):
+        """The training batch of the current step: a function of (seed, step) alone."""
+        cfg = self.config
+        seed = self.seed * 1_000_003 + self.state["step"]
+        batch = task.train_batch(cfg.batch_size, seed, cfg.queries_per_context)
+        if batch is None:
+            batch = collate(task.examples("train", cfg.batch_size, seed=seed), task, cfg.queries_per_context)
+        return batch.to(self.device, non_blocking=True)
+
+    def train_step(self, task) -> torch.Tensor:
+        """One optimiser step on the step's batch; returns the READ loss as a 0-dim tensor on the
+        device, NaN where the loss optimised is not finite. It is read back at the next evaluation
+        (`run`), so the host never waits for the device inside a step."""
+        return self.optimise(self.train_batch(task))
+
+    def optimise(self, batch) -> torch.Tensor:
+        """Forward, backward, clipping, AdamW and schedule on a batch already on the device."""
+        cfg = self.config
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
         with autocast:
             loss, read_loss = training_loss(self.method, batch)
-        if not torch.isfinite(loss):
-            return float("nan")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.method.parameters(), cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
-        return read_loss.item()
+        return torch.where(torch.isfinite(loss.detach()), read_loss.detach().float(), torch.nan)
 
     def validate(self, task) -> float:
         stage = self.state["stage"]
@@ -227,7 +239,7 @@ class Trainer:
         self.method.train()
         bar = tqdm(total=cfg.steps, initial=s["step"], desc=self.label, disable=not self.progress,
                    leave=False, dynamic_ncols=True)
-        recent: list[float] = []
+        recent: list[torch.Tensor] = []   # the READ losses since the last evaluation, on the device
         while s["stage"] < len(self.stages) and s["status"] == "running":
             task = self.stage_task(s["stage"])
             last_stage = s["stage"] == len(self.stages) - 1
@@ -241,15 +253,20 @@ class Trainer:
                 s["step"] += 1
                 s["stage_step"] += 1
                 bar.update(1)
-                if not math.isfinite(loss):
-                    s.update(status="diverged", diverged_step=s["step"])
-                    log.warning("%s: loss is not finite at step %d; run marked diverged", self.label, s["step"])
-                    break
                 recent.append(loss)
                 out_of_steps = s["step"] >= cfg.steps or s["stage_step"] >= budget
                 if s["step"] % cfg.eval_every == 0 or out_of_steps:
+                    started = time.perf_counter()
+                    losses = torch.stack(recent).tolist()   # the one read-back of the interval
+                    s["train_seconds"] += time.perf_counter() - started
+                    bad = next((i for i, value in enumerate(losses) if not math.isfinite(value)), None)
+                    if bad is not None:
+                        step = s["step"] - len(losses) + bad + 1
+                        s.update(status="diverged", diverged_step=step)
+                        log.warning("%s: loss is not finite at step %d; run marked diverged", self.label, step)
+                        break
                     em = self.validate(task)
-                    mean_loss = sum(recent) / len(recent)
+                    mean_loss = sum(losses) / len(losses)
                     self.check_collapse(em, mean_loss, task.chance_loss())
                     s["last_em"] = em
                     if em > s["best_em"]:

@@ -136,8 +136,9 @@ class GradMem(PrefixMemoryMethod):
                 losses.append(self.write_loss(memory, context_ids, context_mask, token_losses[-1]))
         elif not meta:
             losses, token_losses, grad_norms = [], [], []
-        log = {"inner_loss": [l.mean().item() for l in losses],      # at M_0 .. M_K (M_K: evaluation only)
-               "grad_norm": [g.mean().item() for g in grad_norms],
+        # 0-dim tensors on the device, read only when logged: no host wait inside a training step
+        log = {"inner_loss": [l.mean() for l in losses],      # at M_0 .. M_K (M_K: evaluation only)
+               "grad_norm": [g.mean() for g in grad_norms],
                "token_loss": token_losses}
         return self.with_reconstruction(Memory(state=memory, floats=self.memory_floats(), log=log),
                                         context_ids, context_mask)

@@ -18,10 +18,13 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal, Sequence
 
+import torch
+
 from harness.contract import Example, Query, Task
-from harness.data import Codec
+from harness.data import Batch, Codec
 from harness.errors import HarnessError
 from harness.registry import register_task
+from tasks import _kv_tensors as kv_tensors
 
 PAPER_ALPHABET = string.ascii_lowercase + string.ascii_uppercase + string.digits
 PUNCTUATION = "!?:|"
@@ -41,6 +44,9 @@ class KVRetrievalConfig:
     train_key_overlap: float = 0.0  # training contexts only: chance that a key after the first is
                                     # an earlier key with one symbol redrawn (a key matched on one
                                     # symbol then fails; validation and test keep the plain draw)
+    generator: int = 1          # 1: drawn as text (shipped runs); 2: drawn as tensors, the same
+                                # format and rules with other draws, a training batch in ~1 ms
+                                # (tasks/_kv_tensors.py)
 
     def validate(self, where):
         for key in ("pairs", "key_length", "value_length", "alphabet", "key_symbols", "value_symbols"):
@@ -48,6 +54,8 @@ class KVRetrievalConfig:
                 raise HarnessError(f"{where}.{key} = {getattr(self, key)!r} must be >= 1")
         if self.alphabet > len(PAPER_ALPHABET):
             raise HarnessError(f"{where}.alphabet = {self.alphabet} exceeds {len(PAPER_ALPHABET)} characters")
+        if self.generator not in (1, 2):
+            raise HarnessError(f"{where}.generator = {self.generator!r}; valid: 1 (text), 2 (tensors)")
         if not 0.0 <= self.train_key_overlap <= 1.0:
             raise HarnessError(f"{where}.train_key_overlap = {self.train_key_overlap!r} must be in [0, 1]")
         if self.train_key_overlap and self.key_length < 2:
@@ -122,6 +130,8 @@ class KVRetrieval(Task):
     def examples(self, split: str, count: int, seed: int) -> list[Example]:
         if split not in SPLIT_BUCKETS:
             raise HarnessError(f"unknown split {split!r}; valid: {', '.join(SPLIT_BUCKETS)}")
+        if self.config.generator == 2:
+            return self._decode(self._draw(split, count, seed))
         rng = random.Random(f"kv_retrieval/{split}/{seed}")
         out: list[Example] = []
         attempts = 0
@@ -134,6 +144,80 @@ class KVRetrieval(Task):
             elif attempts > 50 * count + 1000:
                 raise HarnessError(f"cannot draw {count} {split} examples for {self.config}")
         return out
+
+    # ------------------------------------------------------------ generator 2: tensors
+    def train_batch(self, count: int, seed: int, queries_per_context: int | str = "all") -> Batch | None:
+        """Generator 2: `count` training contexts and their queries as a Batch, drawn as tensors
+        (equal to `collate(self.examples("train", count, seed), self, queries_per_context)`)."""
+        if self.config.generator != 2:
+            return None
+        return self._batch(self._draw("train", count, seed), queries_per_context)
+
+    @cached_property
+    def _symbol_ids(self) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        vocab = self.tokenizer.vocab
+        keys = torch.tensor([vocab[k] for k in self.key_symbols])
+        values = torch.tensor([vocab[v] for v in self.value_symbols])
+        return keys, values, {p: vocab[p] for p in PUNCTUATION} if self.config.format == "paper" else {}
+
+    def _context_ids(self, draw: kv_tensors.Draw) -> torch.Tensor:
+        key_ids, value_ids, punct = self._symbol_ids
+        keys, values = key_ids[draw.keys], value_ids[draw.values]
+        rows, pairs = keys.shape[:2]
+        if self.config.format == "compact":
+            return torch.cat([keys, values], 2).reshape(rows, -1)
+        bang, colon = (torch.full((rows, pairs, 1), punct[c]) for c in "!:")
+        chunks = torch.cat([bang, keys, colon, values, bang], 2).reshape(rows, -1)
+        return torch.cat([chunks, torch.full((rows, 1), punct["|"])], 1)
+
+    def _draw(self, split: str, count: int, seed: int) -> kv_tensors.Draw:
+        """`count` contexts of `split`: rows drawn in batches, kept where their ids hash to the split."""
+        c = self.config
+        gen = kv_tensors.generator_for(split, seed)
+        symbols = (len(self.key_symbols), c.key_length, len(self.value_symbols), c.value_length)
+        overlap = c.train_key_overlap if split == "train" else 0.0
+        share = kv_tensors.SPLIT_OF_BUCKET.count(split) / 10
+        kept, have = [], 0
+        for _ in range(100):
+            draw = kv_tensors.draw(int((count - have) / share * 1.1) + 4, c.pairs, *symbols, overlap, gen)
+            draw.context_ids = self._context_ids(draw)
+            mine = kv_tensors.BUCKETS_OF_SPLIT[split][kv_tensors.split_bucket(draw.context_ids)]
+            kept.append(kv_tensors.select(draw, mine.nonzero().squeeze(1)[:count - have]))
+            have += len(kept[-1].keys)
+            if have == count:
+                return kv_tensors.concat(kept)
+        raise HarnessError(f"cannot draw {count} {split} examples for {self.config}")
+
+    def _batch(self, draw: kv_tensors.Draw, queries_per_context: int | str) -> Batch:
+        c = self.config
+        key_ids, value_ids, punct = self._symbol_ids
+        rows, pairs = draw.order.shape
+        asked = draw.order if queries_per_context == "all" else draw.order[:, :queries_per_context]
+        per_context = asked.shape[1]
+        keys = key_ids[draw.keys.gather(1, asked[..., None].expand(-1, -1, c.key_length))].reshape(-1, c.key_length)
+        values = value_ids[draw.values.gather(1, asked[..., None].expand(-1, -1, c.value_length))].reshape(-1, c.value_length)
+        reads = rows * per_context
+        if c.format == "paper":
+            column = lambda char: torch.full((reads, 1), punct[char])   # noqa: E731
+            query = torch.cat([column("?"), column("!"), keys, column(":")], 1)
+            target = torch.cat([values, column("!"), column("|")], 1)
+        else:
+            query, target = keys, values
+        read_ids = torch.cat([query, target], 1)
+        position = torch.arange(read_ids.shape[1]).expand(reads, -1)
+        context_ids = draw.context_ids
+        roles = torch.tensor(self.context_roles(range(context_ids.shape[1]))).expand(rows, -1)
+        return Batch(context_ids, torch.ones_like(context_ids, dtype=torch.bool), read_ids,
+                     torch.ones_like(read_ids, dtype=torch.bool), position >= query.shape[1],
+                     (position >= query.shape[1]) & (position < query.shape[1] + c.value_length),
+                     torch.arange(rows).repeat_interleave(per_context), roles.clone())
+
+    def _decode(self, draw: kv_tensors.Draw) -> list[Example]:
+        keys, values, order = draw.keys.tolist(), draw.values.tolist(), draw.order.tolist()
+        k_symbols, v_symbols = self.key_symbols, self.value_symbols
+        return [self._render([(tuple(k_symbols[i] for i in key), tuple(v_symbols[i] for i in value))
+                              for key, value in zip(row_keys, row_values)], row_order)
+                for row_keys, row_values, row_order in zip(keys, values, order)]
 
     def chance_loss(self) -> float:
         """A uniform guess over the value symbols at each value token, the format tokens known."""

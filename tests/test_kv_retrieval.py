@@ -153,3 +153,88 @@ def test_character_codec_encodes_as_its_tokenizer_does(paper_task):
     assert codec.encode_batch(texts) == expected
     assert [codec.encode(t) for t in texts] == expected
     assert codec.unk_id in expected[3]
+
+
+# ---------------------------------------------------------------- generator 2: tensors
+BATCH_FIELDS = ("context_ids", "context_mask", "read_ids", "read_mask", "target_mask", "score_mask",
+                "context_index", "context_roles")
+FORMATS = {"paper": {"pairs": 8}, "paper overlap": {"pairs": 8, "train_key_overlap": 0.5},
+           "compact": {"format": "compact", "pairs": 5, "key_length": 1, "value_length": 1,
+                       "key_symbols": 8, "value_symbols": 8},
+           "compact 2-symbol keys": {"format": "compact", "pairs": 6, "key_length": 2, "value_length": 2,
+                                     "key_symbols": 4, "value_symbols": 3}}
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+@pytest.mark.parametrize("queries", ["all", 1, 3])
+def test_a_tensor_batch_is_the_collated_batch_of_the_same_examples(name, queries):
+    task = make_task(generator=2, **FORMATS[name])
+    batch = task.train_batch(24, 11, queries)
+    collated = collate(task.examples("train", 24, 11), task, queries)
+    for field in BATCH_FIELDS:
+        assert torch.equal(getattr(batch, field), getattr(collated, field)), field
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_tensor_batches_depend_on_the_seed_alone(name):
+    task = make_task(generator=2, **FORMATS[name])
+    first = task.train_batch(16, 3)
+    task.train_batch(16, 4)   # nothing carries over from one call to the next
+    assert torch.equal(make_task(generator=2, **FORMATS[name]).train_batch(16, 3).context_ids, first.context_ids)
+    assert not torch.equal(task.train_batch(16, 4).context_ids, first.context_ids)
+    assert make_task(**FORMATS[name]).train_batch(16, 3) is None   # generator 1 collates text
+
+
+def test_generator_2_keeps_the_format_splits_and_rules_of_generator_1():
+    text, tensors = make_task(pairs=8), make_task(pairs=8, generator=2)
+    pair = r"!([a-zA-Z0-9]{2}):([a-zA-Z0-9]{2})!"
+    for example in tensors.examples("train", 200, 0):
+        assert re.fullmatch(f"({pair}){{8}}\\|", example.context)
+        pairs = dict(re.findall(pair, example.context))
+        assert len(pairs) == 8, "keys are unique within a context"
+        assert sorted(q.text[2:4] for q in example.queries) == sorted(pairs), "every key is asked once"
+        assert all(q.target == pairs[q.text[2:4]] + "!|" for q in example.queries)
+    contexts = {split: {e.context for e in tensors.examples(split, 300, 0)} for split in ("train", "valid", "test")}
+    assert not contexts["train"] & contexts["valid"] and not contexts["train"] & contexts["test"]
+    assert not contexts["valid"] & contexts["test"]
+    assert tensors.examples("valid", 20, 0) != text.examples("valid", 20, 0)   # other draws
+
+
+def _symbol_statistics(examples) -> dict:
+    """Per-symbol frequency of keys and values, the share of contexts with a repeated value, and
+    the share of asked keys in the first query position."""
+    from collections import Counter
+    keys, values, repeats = Counter(), Counter(), 0
+    for example in examples:
+        pairs = re.findall(r"!([a-zA-Z0-9]{2}):([a-zA-Z0-9]{2})!", example.context)
+        keys.update("".join(k for k, _ in pairs))
+        values.update("".join(v for _, v in pairs))
+        repeats += len({v for _, v in pairs}) < len(pairs)
+    return {"keys": keys, "values": values, "repeats": repeats / len(examples)}
+
+
+def test_generator_2_draws_symbols_and_value_repeats_as_generator_1():
+    """Same statistics: every symbol of the alphabet, uniform; values repeat within a context at
+    the rate of independent draws (1 - prod(1 - i/3844) over 16 values: 3.1%)."""
+    text, tensors = (make_task(pairs=16, generator=g) for g in (1, 2))
+    for task in (text, tensors):
+        stats = _symbol_statistics(task.examples("train", 1500, 0))
+        for counts in (stats["keys"], stats["values"]):
+            assert len(counts) == 62
+            expected = sum(counts.values()) / 62
+            assert max(abs(c - expected) for c in counts.values()) < 5 * expected ** 0.5
+        assert 0.015 < stats["repeats"] < 0.05
+
+
+def test_generator_2_follows_the_overlap_rule_in_training_only():
+    plain, overlap = make_task(pairs=8, generator=2), make_task(pairs=8, train_key_overlap=0.5, generator=2)
+    assert overlap.examples("valid", 40, 0) == plain.examples("valid", 40, 0)
+    train = overlap.examples("train", 300, 0)
+    assert shared_key_fraction(plain.examples("train", 300, 0)) < 0.3
+    text = shared_key_fraction(make_task(pairs=8, train_key_overlap=0.5).examples("train", 300, 0))
+    assert abs(shared_key_fraction(train) - text) < 0.08   # as generator 1 (about 0.7)
+
+
+def test_generator_is_checked():
+    with pytest.raises(HarnessError, match="generator"):
+        make_task(generator=3)

@@ -3,6 +3,7 @@ the best cell and is cached."""
 import json
 
 import pytest
+import torch
 
 from harness import store, tune
 from harness.schema import EvalConfig, RunSpec, SECTIONS, TrainConfig, resolve_section
@@ -22,7 +23,7 @@ def scripted_trainer(tmp_path, valid_ems, losses, **train):
                       tmp_path / "metrics.jsonl", None, progress=False)
     ems, loss_values = iter(valid_ems), iter(losses)
     trainer.validate = lambda task: next(ems)
-    trainer.train_step = lambda task: next(loss_values)
+    trainer.train_step = lambda task: torch.tensor(next(loss_values))   # as a step returns it: on the device
     return trainer
 
 

@@ -8,6 +8,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from harness import registry
@@ -37,6 +38,9 @@ def parse_args(argv):
     parser.add_argument("--dry-run", action="store_true", help="print the runs and their cost; train nothing")
     parser.add_argument("--list", action="store_true", help="print registered methods, tasks and suites")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--until", type=float, metavar="SECONDS",
+                        help="train until SECONDS from now, then leave every unfinished run at its last "
+                             "checkpoint (the same command later resumes them)")
     parser.add_argument("--yes", action="store_true",
                         help=f"start a sweep estimated at more than {LONG_SWEEP_SECONDS // 3600} hours")
     return parser.parse_args(argv)
@@ -160,6 +164,8 @@ def main(argv=None) -> int:
         scale = resolve_scale(args.scale, device, args.suite)
         if args.jobs < 1:
             raise HarnessError(f"--jobs = {args.jobs} must be >= 1")
+        if args.until is not None and not args.until > 0:
+            raise HarnessError(f"--until {args.until:g} must be a positive number of seconds")
         methods = [m for m in (args.methods or "").split(",") if m] or None
         out = writable_folder(args.out, "--out")
         cache = writable_folder(args.cache, "--cache") if args.cache is not None else None
@@ -178,8 +184,9 @@ def main(argv=None) -> int:
         confirm_long_sweep(specs, out, device, args.yes)
         make_folders(out, *([cache] if cache else []))
         log.info("suite %s at scale %s: %d runs on %s", args.suite, scale, len(specs), device)
+        deadline = time.time() + args.until if args.until is not None else None
         outcomes = run_specs(specs, out, device, args.jobs, plugins=args.plugin, backend=args.backend,
-                             progress=not args.quiet, scheduler=args.scheduler, **kwargs)
+                             progress=not args.quiet, scheduler=args.scheduler, deadline=deadline, **kwargs)
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -189,4 +196,7 @@ def main(argv=None) -> int:
         if outcome.status == "failed":
             print(f"failed: {outcome.label}: {outcome.error}", file=sys.stderr)
     log.info("done: %s", ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    if counts.get("stopped"):
+        log.info("%d runs stopped at the deadline at their last checkpoint: the same command resumes them",
+                 counts["stopped"])
     return 1 if counts.get("failed") else 0

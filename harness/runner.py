@@ -21,7 +21,7 @@ from harness.schema import SCALES, EvalConfig, RunSpec, TrainConfig
 from harness.typed import build
 from harness.data import PretrainedCodec
 from harness.errors import ContractError, HarnessError
-from harness.train import Trainer
+from harness.train import DeadlineReached, Trainer
 from harness.tune import settled_choice, tune
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ DEFAULT_CACHE = REPO_ROOT / ".cache"
 class RunOutcome:
     run_id: str
     label: str
-    status: str           # finished, diverged, skipped, failed
+    status: str           # finished, collapsed, diverged, skipped, failed, stopped (at the deadline)
     seconds: float = 0.0
     error: str | None = None
 
@@ -106,7 +106,8 @@ def versions() -> dict:
             "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
             "cudnn_deterministic": torch.backends.cudnn.deterministic,
             "cudnn_benchmark": torch.backends.cudnn.benchmark,
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32 if torch.cuda.is_available() else None}
 
 
 def seed_everything(seed: int) -> None:
@@ -129,7 +130,7 @@ def is_done(out: Path, spec: RunSpec) -> bool:
 
 
 def execute_run(spec: RunSpec, out: Path, device: str = "cpu", cache_dir: Path = DEFAULT_CACHE,
-                progress: bool = True) -> RunOutcome:
+                progress: bool = True, deadline: float | None = None) -> RunOutcome:
     """Train and evaluate one run; write config.yaml, metrics.jsonl and summary.json. A run that
     another process is training (its lock beside the results, `store.run_lock_path`, is held) is
     skipped, whatever cache either process uses. A damaged summary is kept aside and the run trained."""
@@ -148,18 +149,21 @@ def execute_run(spec: RunSpec, out: Path, device: str = "cpu", cache_dir: Path =
             return RunOutcome(spec.run_id, spec.label(), "skipped")
         if store.summary_state(out, spec.suite, spec.run_id) == "damaged":
             store.set_aside(store.run_dir(out, spec.suite, spec.run_id) / "summary.json")
-        return _train_and_record(spec, out, device, cache_dir, progress)
+        return _train_and_record(spec, out, device, cache_dir, progress, deadline)
+    except DeadlineReached:
+        return RunOutcome(spec.run_id, spec.label(), "stopped")
     finally:
         lock.release()
 
 
-def _train_and_record(spec: RunSpec, out: Path, device: str, cache_dir: Path, progress: bool) -> RunOutcome:
+def _train_and_record(spec: RunSpec, out: Path, device: str, cache_dir: Path, progress: bool,
+                      deadline: float | None = None) -> RunOutcome:
     directory = store.run_dir(out, spec.suite, spec.run_id)
     retain_freed_memory()
     started = time.time()
     tuning, train = None, spec.train
     if spec.train.get("tune"):
-        tuning = tune(spec, out, device)
+        tuning = tune(spec, out, device, deadline)
         train = {**spec.train, **tuning["chosen"]}
         started = time.time()   # wall_seconds: this run alone (the shared tuning has its own cells)
         if store.is_finished(out, spec.suite, spec.run_id):
@@ -178,7 +182,7 @@ def _train_and_record(spec: RunSpec, out: Path, device: str, cache_dir: Path, pr
     trainer = Trainer(method, task, build(TrainConfig, train, "train"),
                       build(EvalConfig, spec.eval, "eval"), spec.seed, device,
                       directory / "metrics.jsonl", Path(cache_dir) / "checkpoints" / spec.run_id,
-                      label=spec.label(), progress=progress)
+                      label=spec.label(), progress=progress, deadline=deadline)
     result = trainer.run()
     floats = None
     if result["stages"]:
@@ -195,16 +199,19 @@ def _train_and_record(spec: RunSpec, out: Path, device: str, cache_dir: Path, pr
 
 
 def _run_in_worker(spec_dict: dict, out: str, device: str, cache_dir: str, plugins: list[str],
-                   threads: int | None, progress: bool) -> RunOutcome:
-    """Entry point of a parallel worker: re-import plugins, pin threads, run, report failures."""
+                   threads: int | None, progress: bool, deadline: float | None = None) -> RunOutcome:
+    """Entry point of a parallel worker: re-import plugins, pin threads, run, report failures. Past
+    the deadline a run does not start (status stopped)."""
     if threads:
         torch.set_num_threads(threads)
     for plugin in plugins:
         registry.load_plugin(plugin)
     registry.discover()
     spec = RunSpec.from_dict(spec_dict)
+    if deadline is not None and time.time() >= deadline:
+        return RunOutcome(spec.run_id, spec.label(), "stopped")
     try:
-        return execute_run(spec, Path(out), device, Path(cache_dir), progress)
+        return execute_run(spec, Path(out), device, Path(cache_dir), progress, deadline)
     except ContractError as error:  # the method broke the contract: one line, no traceback
         log.error("run %s failed: %s", spec.label(), error)
         return RunOutcome(spec.run_id, spec.label(), "failed", error=f"ContractError: {error}")
@@ -244,10 +251,13 @@ def _backend(backend: str, jobs: int, scheduler: str | None):
 
 def run_specs(specs: list[RunSpec], out: Path, device: str = "cpu", jobs: int = 1,
               cache_dir: Path = DEFAULT_CACHE, plugins: list[str] | None = None,
-              backend: str = "loky", progress: bool = True, scheduler: str | None = None) -> list[RunOutcome]:
+              backend: str = "loky", progress: bool = True, scheduler: str | None = None,
+              deadline: float | None = None) -> list[RunOutcome]:
     """Run every unfinished spec; finished ones are skipped without building anything.
 
-    A run that raises is reported as failed and the others go on.
+    A run that raises is reported as failed and the others go on. With a `deadline` (time.time()),
+    no training step starts past it: each unfinished run stops at its last checkpoint (status
+    stopped) and a later call resumes it.
     """
     plugins = plugins or []
     done = [is_done(out, s) for s in specs]
@@ -259,14 +269,15 @@ def run_specs(specs: list[RunSpec], out: Path, device: str = "cpu", jobs: int = 
         return outcomes
     if jobs == 1 and backend == "loky":
         for spec in pending:
-            outcome = _run_in_worker(spec.to_dict(), str(out), device, str(cache_dir), plugins, None, progress)
+            outcome = _run_in_worker(spec.to_dict(), str(out), device, str(cache_dir), plugins, None, progress,
+                                     deadline)
             log.info("%s: %s (%.0f s)", outcome.label, outcome.status, outcome.seconds)
             outcomes.append(outcome)
         return outcomes
     from joblib import Parallel, delayed
     threads = max(1, len(os.sched_getaffinity(0)) // max(jobs, 1)) if backend == "loky" else 1
-    tasks = [delayed(_run_in_worker)(s.to_dict(), str(out), device, str(cache_dir), plugins, threads, False)
-             for s in pending]
+    tasks = [delayed(_run_in_worker)(s.to_dict(), str(out), device, str(cache_dir), plugins, threads, False,
+                                     deadline) for s in pending]
     with _backend(backend, jobs, scheduler) as n_jobs:
         for outcome in Parallel(n_jobs=n_jobs, return_as="generator_unordered")(tasks):
             log.info("%s: %s (%.0f s)", outcome.label, outcome.status, outcome.seconds)

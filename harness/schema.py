@@ -40,6 +40,8 @@ class TrainConfig:
     collapse_drop: float | None = 0.2  # a stage collapses when validation EM falls this far below
                                       # its best (None: only the loss-above-chance rule)
     precision: Literal["fp32", "bf16"] = "fp32"
+    tf32: bool = True                 # CUDA, fp32 runs: TF32 matmuls (10-bit mantissa inputs, fp32
+                                      # sums); false: full fp32 matmuls. No effect on a CPU
     tune: dict | None = None          # {grid: {lr: [...], warmup_steps: [...]}, steps: N, seed: 0}:
                                       # pick the grid cell with the best validation EM after N
                                       # steps of the first stage (harness.tune), then train with it

@@ -39,7 +39,8 @@ def key_fields(spec, stage: int) -> dict:
     task = {**spec.task, **stage_overrides(spec)[stage]}
     return {"method": non_default("method", spec.method), "backbone": non_default("backbone", spec.backbone),
             "task": non_default("task", task), "batch_size": spec.train["batch_size"],
-            "queries_per_context": spec.train["queries_per_context"], "precision": spec.train["precision"]}
+            "queries_per_context": spec.train["queries_per_context"], "precision": spec.train["precision"],
+            **({"tf32": False} if spec.train.get("tf32") is False else {})}
 
 
 def cost_key(spec, stage: int) -> str:

@@ -38,6 +38,11 @@ PREVIOUS = "previous.pt"   # the checkpoint before `last.pt`, kept as its fallba
 CHECKPOINT_KEYS = {"method", "optimizer", "scheduler", "state", "train"}
 
 
+class DeadlineReached(Exception):
+    """Training stopped at the sweep's deadline (`run_all.py --until`); the run's last checkpoint
+    is its resume point."""
+
+
 def lr_factor(step: int, config: TrainConfig) -> float:
     """Multiplier of the base learning rate at `step` (0-based): warmup, then the schedule."""
     if config.warmup_steps and step < config.warmup_steps:
@@ -56,11 +61,14 @@ def _cpu_state(module: torch.nn.Module) -> dict:
 class Trainer:
     def __init__(self, method, task, train: TrainConfig, eval_config: EvalConfig, seed: int,
                  device, metrics_path: Path, checkpoint_dir: Path | None, label: str = "run",
-                 progress: bool = True, test_at_stage_end: bool = True):
+                 progress: bool = True, test_at_stage_end: bool = True, deadline: float | None = None):
         self.test_at_stage_end = test_at_stage_end
+        self.deadline = deadline   # time.time() past which no step starts (DeadlineReached)
         self.method, self.base_task, self.config, self.eval_config = method, task, train, eval_config
         self.seed, self.device, self.label, self.progress = seed, torch.device(device), label, progress
         self.metrics_path, self.checkpoint_dir = Path(metrics_path), checkpoint_dir
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = train.tf32
         params = [p for p in method.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=train.lr, betas=tuple(train.betas),
                                            weight_decay=train.weight_decay)
@@ -247,6 +255,9 @@ class Trainer:
             budget = stage_budget(asdict(cfg), s["stage"])
             stage_over = s["step"] >= cfg.steps
             while not stage_over:
+                if self.deadline is not None and time.time() >= self.deadline:
+                    bar.close()   # the last checkpoint (after the last evaluation) is the resume point
+                    raise DeadlineReached(f"{self.label}: stopped at the deadline at step {s['step']}")
                 started = time.perf_counter()
                 loss = self.train_step(task)
                 s["train_seconds"] += time.perf_counter() - started

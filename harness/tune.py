@@ -87,7 +87,7 @@ def cell_spec(spec: RunSpec, cell: dict, stages: int = 1) -> RunSpec:
     return RunSpec(**{**spec.to_dict(), "train": train, "seed": tune.get("seed", 0)})
 
 
-def train_cell(spec: RunSpec, device: str) -> list[dict]:
+def train_cell(spec: RunSpec, device: str, deadline: float | None = None) -> list[dict]:
     """Best validation EM (and the step it came at) of one grid cell on each of its stages; a stage
     lost to a divergence scores 0."""
     from harness.runner import build_run, seed_everything
@@ -98,7 +98,7 @@ def train_cell(spec: RunSpec, device: str) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(method, task, build(TrainConfig, spec.train, "train"), build(EvalConfig, spec.eval, "eval"),
                           spec.seed, device, Path(tmp) / "metrics.jsonl", None, label=f"tune {spec.label()}",
-                          progress=False, test_at_stage_end=False)
+                          progress=False, test_at_stage_end=False, deadline=deadline)
         result = trainer.run()
     seconds = round(result["train_seconds"], 1)
     scores = [{"valid_em": max(stage["best_valid_em"], 0.0), "best_step": stage["best_step"], "seconds": seconds}
@@ -129,7 +129,7 @@ def settled_choice(out: Path, spec: RunSpec) -> dict | None:
     return None if cells_left(spec, record) else choose(record["cells"], record.get("second_stage"))
 
 
-def tune(spec: RunSpec, out: Path, device: str = "cpu") -> dict:
+def tune(spec: RunSpec, out: Path, device: str = "cpu", deadline: float | None = None) -> dict:
     """The tuning record of a run (grid, each cell's validation EM on each tuning stage, the
     choice), computing only the cells not yet cached."""
     tune_spec = spec.train["tune"]
@@ -142,7 +142,7 @@ def tune(spec: RunSpec, out: Path, device: str = "cpu") -> dict:
         stages = tuning_stages(spec)
         for cell in cells_left(spec, record):
             log.info("%s: tuning %s", spec.label(), cell)
-            scores = train_cell(cell_spec(spec, cell, stages), device)
+            scores = train_cell(cell_spec(spec, cell, stages), device, deadline)
             if find_cell(record["cells"], cell) is None:
                 record["cells"].append({**cell, **scores[0]})
             if stages == 2:

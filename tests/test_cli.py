@@ -69,6 +69,7 @@ BAD_INPUTS = {
     "huge memory": lambda p: ["--suite", write_suite(p, {**TINY, "runs": [{"method": {"name": "rmt", "memory_size": 10**12}}]})],
     "huge seed count": lambda p: ["--suite", write_suite(p), "--seeds", "100000000", "--dry-run"],
     "plugin raising at import": lambda p: [*_raising_plugin(p), "--list"],
+    "deadline not positive": lambda p: ["--suite", write_suite(p), "--until", "0"],
 }
 
 

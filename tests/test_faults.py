@@ -238,3 +238,47 @@ def test_a_sweep_estimated_past_a_day_needs_yes(tmp_path, capsys):
     assert "--yes" in err and "days" in err
     assert not out.exists()
     assert main(["--suite", "capacity", "--scale", "paper", "--out", str(out), "--dry-run", "--device", "cpu"]) == 0
+
+
+# ---------------------------------------------------------------- a deadline
+def _comparable(summary_path: Path) -> tuple:
+    """What a rerun must repeat exactly: each stage's scores and steps, and the curve's losses."""
+    summary = store.read_summary(summary_path)
+    stages = [(s["stage"], s["steps"], s["best_valid_em"], {k: v["exact_match"] for k, v in s["eval"].items()})
+              for s in summary["stages"]]
+    curve = [(r["step"], r["loss"], r["valid_em"]) for r in store.read_jsonl(summary_path.parent / "metrics.jsonl")]
+    return summary["status"], summary["steps"], stages, curve
+
+
+def test_a_sweep_stopped_at_its_deadline_resumes_to_the_same_summaries(tmp_path, monkeypatch, caplog):
+    """--until stops every run at its last checkpoint; rerunning finishes them exactly as an
+    uninterrupted sweep does (the clock is scripted: one second a step, the deadline inside a run)."""
+    import harness.cli as cli_module
+    import harness.runner as runner_module
+    import harness.train as train_module
+    data = modified({**TINY, "runs": [{"method": {"name": "gradmem", "memory_size": 2}},
+                                      {"method": {"name": "full_context"}}]}, "train", steps=12, eval_every=3)
+    suite = write_suite(tmp_path, data)
+    whole = tmp_path / "whole"
+    assert main(["--suite", suite, "--out", str(whole / "results"), "--cache", str(whole / "cache"),
+                 "--quiet", "--device", "cpu"]) == 0
+
+    clock = {"now": 1000.0}
+    for module in (cli_module, runner_module, train_module):
+        monkeypatch.setattr(module.time, "time", lambda: clock["now"])
+    real_step = train_module.Trainer.train_step
+
+    def one_second_step(self, task):
+        clock["now"] += 1.0
+        return real_step(self, task)
+
+    monkeypatch.setattr(train_module.Trainer, "train_step", one_second_step)
+    with caplog.at_level(logging.INFO):
+        assert run(["--suite", suite, "--until", "7"], tmp_path) == 0
+    assert "2 runs stopped at the deadline" in caplog.text
+    assert not summaries(tmp_path)
+    monkeypatch.undo()
+    assert run(["--suite", suite], tmp_path) == 0
+    resumed = {p.parent.name: _comparable(p) for p in summaries(tmp_path)}
+    uninterrupted = {p.parent.name: _comparable(p) for p in sorted((whole / "results").glob("*/*/summary.json"))}
+    assert resumed == uninterrupted and len(resumed) == 2

@@ -24,7 +24,7 @@ import yaml
 
 from harness.contract import Example
 from harness.data import collate
-from harness.runner import build_run
+from harness.builder import build_run
 from harness.schema import RunSpec
 from harness.train import TEST_SEED
 from tasks.babi import DROP, GET, MOVE

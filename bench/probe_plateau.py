@@ -31,7 +31,7 @@ from harness.typed import build
 from harness.contract import Example
 from harness.data import collate
 from harness.evaluate import evaluate
-from harness.runner import build_run, seed_everything
+from harness.builder import build_run, seed_everything
 from harness.train import Trainer
 
 

@@ -61,7 +61,7 @@ def measure_key(spec, stage: int, device: str, steps: int, warmup: int, max_seco
     from harness.schema import EvalConfig, TrainConfig
     from harness.typed import build
     from harness.evaluate import evaluate
-    from harness.runner import build_run, seed_everything
+    from harness.builder import build_run, seed_everything
     from harness.train import TEST_SEED, Trainer
     seed_everything(spec.seed)
     task, method = build_run(spec)

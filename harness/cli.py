@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from harness import registry
-from harness.suite import expand_suite, load_suite
+from harness.suite import expand_suite, load_suite, matching
 from harness.errors import HarnessError
 
 log = logging.getLogger("harness")
@@ -132,17 +132,6 @@ def make_folders(*paths: Path) -> None:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise HarnessError(f"cannot create {path}: {error.strerror or error}") from None
-
-
-def matching(items: list, patterns: list[str], text, what: str) -> list:
-    """The items whose text contains one of `patterns` (all of them when none is given); none is
-    a HarnessError naming `what` was searched."""
-    if not patterns:
-        return items
-    kept = [item for item in items if any(pattern in text(item) for pattern in patterns)]
-    if not kept:
-        raise HarnessError(f"no {what} matches {patterns}; see --dry-run for the labels")
-    return kept
 
 
 def main(argv=None) -> int:

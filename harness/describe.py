@@ -5,7 +5,6 @@ of `write_compute`): `python -m harness.describe [RESULTS] [--refresh]`."""
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from harness import registry, store
-from harness.suite import check_suite_keys, deep_merge, read_suite_file
+from harness.suite import check_suite_keys, deep_merge, matching, read_suite_file
 from harness.typed import build, positive
 from harness.data import Batch
 from harness.errors import ContractError, HarnessError
@@ -744,7 +744,6 @@ def with_predictions(timings: pd.DataFrame, ratios: pd.DataFrame) -> pd.DataFram
 # ---------------------------------------------------------------- command line
 def main(args, scale: str, device: str, methods: list[str] | None, out: Path) -> int:
     """`run_all.py --suite latency`: expand, print (--dry-run) or time what is not finished."""
-    from harness.cli import matching
     if args.seeds is not None:
         raise HarnessError("--seeds does not apply to a latency suite (cost does not depend on the weights)")
     if args.jobs != 1 or args.backend != "loky":

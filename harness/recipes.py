@@ -13,7 +13,7 @@ from functools import lru_cache
 
 from harness.errors import HarnessError
 from harness.ids import content_id
-from harness.schema import SECTIONS, RunSpec
+from harness.schema import SECTIONS, RunSpec, resolve_recorded
 
 
 def recipe_id(spec: RunSpec) -> str:
@@ -45,11 +45,10 @@ def forget_suites() -> None:
 def summary_spec(spec: dict) -> RunSpec | None:
     """A summary's recorded spec, resolved with the current code; None when it lacks a section or
     no longer resolves (an option since removed)."""
-    from harness.store import resolve_spec
     if not all(key in spec for key in (*SECTIONS, "suite", "scale", "seed")):
         return None
     try:
-        return resolve_spec(spec)
+        return resolve_recorded(spec)
     except (HarnessError, TypeError, ValueError, KeyError):
         return None
 

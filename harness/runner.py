@@ -5,7 +5,6 @@ import contextlib
 import logging
 import os
 import platform
-import random
 import subprocess
 import time
 from dataclasses import dataclass
@@ -16,11 +15,10 @@ from filelock import FileLock, Timeout
 
 from harness import registry, store
 from harness.allocator import retain_freed_memory
-from harness.backbone import build_backbone
 from harness.schema import SCALES, EvalConfig, RunSpec, TrainConfig
 from harness.typed import build
-from harness.data import PretrainedCodec
 from harness.errors import ContractError, HarnessError
+from harness.builder import build_run, seed_everything
 from harness.train import DeadlineReached, Trainer
 from harness.tune import settled_choice, tune
 
@@ -59,22 +57,6 @@ def resolve_scale(name: str, device: str, suite: str | None = None) -> str:
     return name
 
 
-def build_run(spec: RunSpec):
-    """Task, backbone and method of a run, built from its resolved spec."""
-    task_cls = registry.get_task(spec.task["name"])
-    task = task_cls(build(task_cls.Config, {k: v for k, v in spec.task.items() if k != "name"}, "task"))
-    backbone = build_backbone(spec.backbone, task.tokenizer.vocab_size)
-    if backbone.tokenizer is not None:
-        task.use_tokenizer(PretrainedCodec(backbone.tokenizer))
-    method_cls = registry.get_method(spec.method["name"])
-    if backbone.arch not in method_cls.archs:
-        raise HarnessError(f"method {method_cls.name!r} needs a backbone in {list(method_cls.archs)}, "
-                           f"{spec.backbone.get('pretrained')!r} is {backbone.arch!r}")
-    method = method_cls(build(method_cls.Config, {k: v for k, v in spec.method.items() if k != "name"},
-                              "method"), backbone)
-    return task, method
-
-
 def _git_commit() -> str | None:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
@@ -108,11 +90,6 @@ def versions() -> dict:
             "cudnn_benchmark": torch.backends.cudnn.benchmark,
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "tf32_matmul": torch.backends.cuda.matmul.allow_tf32 if torch.cuda.is_available() else None}
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def trained_choice(out: Path, spec: RunSpec) -> dict | None:

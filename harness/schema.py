@@ -192,3 +192,32 @@ def resolve_section(section: str, values: dict, where: str) -> dict:
         return {"name": name, **dataclasses.asdict(build(cls, values, f"{where}[{name}]"))}
     return dataclasses.asdict(build(_section_class(section, values), values, where))
 
+
+LEGACY_KEYS = {"eval": {"write_steps": "write_settings"}}
+"""Spec keys renamed since results were written: {section: {old key: new key}}. `reindex` applies
+them to each config.yaml before resolving it (eval.write_steps, the write-axis values to evaluate,
+became eval.write_settings: GradMem's method field `write_steps` is its K and keeps its name)."""
+
+
+def upgrade_spec(data: dict) -> dict:
+    """A resolved spec (config.yaml, summary["spec"]) with its legacy keys (`LEGACY_KEYS`) renamed;
+    a section holding both an old key and its new one keeps the new one's value."""
+    data = dict(data)
+    for section, renames in LEGACY_KEYS.items():
+        values = data.get(section)
+        if not isinstance(values, dict) or not any(old in values for old in renames):
+            continue
+        values = dict(values)
+        for old, new in renames.items():
+            if old in values:
+                value = values.pop(old)
+                values.setdefault(new, value)
+        data[section] = values
+    return data
+
+
+def resolve_recorded(data: dict) -> "RunSpec":
+    """A recorded spec (config.yaml, summary["spec"]) as a RunSpec resolved with the current code:
+    legacy keys renamed (`LEGACY_KEYS`), new options at their defaults."""
+    data = upgrade_spec(data)
+    return RunSpec(**{**data, **{s: resolve_section(s, data[s], s) for s in SECTIONS}})

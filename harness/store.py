@@ -18,6 +18,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from harness.schema import resolve_recorded
+
 
 def run_dir(out: Path, suite: str, run_id: str) -> Path:
     return Path(out) / suite / run_id
@@ -243,37 +245,6 @@ def tuning_superseded(summary: dict, current: dict | None) -> bool:
     return chosen is not None and chosen != trained_setting(summary)
 
 
-LEGACY_KEYS = {"eval": {"write_steps": "write_settings"}}
-"""Spec keys renamed since results were written: {section: {old key: new key}}. `reindex` applies
-them to each config.yaml before resolving it (eval.write_steps, the write-axis values to evaluate,
-became eval.write_settings: GradMem's method field `write_steps` is its K and keeps its name)."""
-
-
-def upgrade_spec(data: dict) -> dict:
-    """A resolved spec (config.yaml, summary["spec"]) with its legacy keys (`LEGACY_KEYS`) renamed;
-    a section holding both an old key and its new one keeps the new one's value."""
-    data = dict(data)
-    for section, renames in LEGACY_KEYS.items():
-        values = data.get(section)
-        if not isinstance(values, dict) or not any(old in values for old in renames):
-            continue
-        values = dict(values)
-        for old, new in renames.items():
-            if old in values:
-                value = values.pop(old)
-                values.setdefault(new, value)
-        data[section] = values
-    return data
-
-
-def resolve_spec(data: dict):
-    """A recorded spec (config.yaml, summary["spec"]) as a RunSpec resolved with the current code:
-    legacy keys renamed (`LEGACY_KEYS`), new options at their defaults."""
-    from harness.schema import RunSpec, SECTIONS, resolve_section
-    data = upgrade_spec(data)
-    return RunSpec(**{**data, **{s: resolve_section(s, data[s], s) for s in SECTIONS}})
-
-
 def reindex(results: Path | str = "results", cache: Path | str | None = None,
             suites: list[str] | None = None) -> list[tuple[str, str]]:
     """Re-derive every run's id from its config.yaml with the current code (legacy keys renamed,
@@ -289,7 +260,7 @@ def reindex(results: Path | str = "results", cache: Path | str | None = None,
         data = yaml.safe_load(config.read_text())
         if "kind" in data:   # a latency cell: its id hashes the cell itself
             continue
-        spec = resolve_spec(data)
+        spec = resolve_recorded(data)
         if spec.run_id == folder.name:
             continue
         target = folder.parent / spec.run_id

@@ -137,9 +137,7 @@ def _check_description(body: dict, where: str) -> None:
 
 def load_suite(name: str) -> dict:
     data = read_suite_file(name)
-    if isinstance(data, dict) and data.get("kind") == "latency":   # checked by harness.latency
-        from harness.latency import SCALE_KEYS as LATENCY_SCALE_KEYS, SUITE_KEYS as LATENCY_KEYS
-        check_suite_keys(data, LATENCY_KEYS, LATENCY_SCALE_KEYS, name)
+    if isinstance(data, dict) and data.get("kind") == "latency":   # its keys: harness.latency checks them
         return data
     check_suite_keys(data, SUITE_KEYS, SCALE_KEYS, name)
     return data
@@ -242,3 +240,13 @@ def check_feasible(spec: RunSpec) -> None:
                 f"run {spec.label()}: sequences of {needed} tokens (memory slots included) exceed the backbone's "
                 f"max_positions={limit} (task {task_values})")
 
+
+def matching(items: list, patterns: list[str], text, what: str) -> list:
+    """The items whose text contains one of `patterns` (all of them when none is given); none is
+    a HarnessError naming `what` was searched."""
+    if not patterns:
+        return items
+    kept = [item for item in items if any(pattern in text(item) for pattern in patterns)]
+    if not kept:
+        raise HarnessError(f"no {what} matches {patterns}; see --dry-run for the labels")
+    return kept

@@ -90,7 +90,7 @@ def cell_spec(spec: RunSpec, cell: dict, stages: int = 1) -> RunSpec:
 def train_cell(spec: RunSpec, device: str, deadline: float | None = None) -> list[dict]:
     """Best validation EM (and the step it came at) of one grid cell on each of its stages; a stage
     lost to a divergence scores 0."""
-    from harness.runner import build_run, seed_everything
+    from harness.builder import build_run, seed_everything
     from harness.train import Trainer
     seed_everything(spec.seed)
     task, method = build_run(spec)

@@ -16,7 +16,7 @@ from harness import registry
 from harness.data import collate
 from harness.evaluate import exact_match
 from harness.pipeline import write_then_read
-from harness.runner import build_run
+from harness.builder import build_run
 from harness.suite import expand_suite
 
 suite, scale, checkpoint, pairs = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])

@@ -93,18 +93,39 @@ def print_plan(specs, out: Path, device: str | None = None, suite: str | None = 
 LONG_SWEEP_SECONDS = 86400   # a sweep estimated longer than this starts only with --yes
 
 
-def confirm_long_sweep(specs, out: Path, device: str, yes: bool) -> None:
-    """Refuse, in one line, a sweep whose estimate (`harness.step_costs.plan`) exceeds a day unless
-    `yes`; a sweep without any measured estimate is bounded below by its step budgets at the
-    fastest measured step of the record."""
+def announce(specs, out: Path, device: str, scale: str, suite: str, yes: bool) -> None:
+    """Log what the sweep will do (runs to train, the estimate) before it starts; refuse, in one
+    line, a sweep whose estimate (`harness.step_costs.plan`: unmeasured runs count their step
+    budgets at the fastest measured step) exceeds a day unless `yes`."""
+    from harness import step_costs
+    from harness.runner import is_done
+    todo = sum(not is_done(out, spec) for spec in specs)
+    if not todo:
+        shipped = Path(out).resolve() == step_costs.SHIPPED.resolve()
+        log.info("suite %s at scale %s: all %d runs are finished under %s%s: nothing to train (--out DIR trains "
+                 "afresh into DIR)", suite, scale, len(specs), out, " (the shipped results)" if shipped else "")
+        return
+    plan = step_costs.plan(specs, out, device)
+    estimate = (f", estimated {'at least' if plan.unmeasured else 'at most'} {step_costs.duration(plan.seconds)} "
+                f"one at a time on {plan.device_tag}" if plan.device_tag else ", no step costs recorded")
+    log.info("suite %s at scale %s: %d runs, %d to train on %s%s", suite, scale, len(specs), todo, device, estimate)
     if yes:
         return
-    from harness import step_costs
-    plan = step_costs.plan(specs, out, device)
     if plan.seconds > LONG_SWEEP_SECONDS:
         raise HarnessError(f"this sweep needs {'at least ' if plan.unmeasured else 'up to '}"
                            f"{step_costs.duration(plan.seconds)} of training on "
                            f"{plan.device_tag}; add --yes to start it anyway (--dry-run shows the runs)")
+
+
+def print_outcomes(outcomes) -> None:
+    """A short table of the runs this invocation trained: status, minutes, test exact match."""
+    trained = [o for o in outcomes if o.status != "skipped"]
+    if not trained:
+        return
+    width = min(max(len(o.label) for o in trained), 70)
+    print(f"{'run':<{width}}  {'status':<9} {'min':>5}  test exact match (%)")
+    for o in trained:
+        print(f"{o.label[:width]:<{width}}  {o.status:<9} {o.seconds / 60:>5.1f}  {o.scores}")
 
 
 def writable_folder(text: str, flag: str) -> Path:
@@ -170,15 +191,19 @@ def main(argv=None) -> int:
         kwargs = {"cache_dir": cache} if cache else {}
         if args.backend not in ("loky", "dask"):
             raise HarnessError(f"unknown backend {args.backend!r}; valid: loky, dask")
-        confirm_long_sweep(specs, out, device, args.yes)
+        announce(specs, out, device, scale, args.suite, args.yes)
         make_folders(out, *([cache] if cache else []))
-        log.info("suite %s at scale %s: %d runs on %s", args.suite, scale, len(specs), device)
         deadline = time.time() + args.until if args.until is not None else None
         outcomes = run_specs(specs, out, device, args.jobs, plugins=args.plugin, backend=args.backend,
                              progress=not args.quiet, scheduler=args.scheduler, deadline=deadline, **kwargs)
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished runs are kept and every unfinished one resumes from its last checkpoint "
+              "when the same command runs again", file=sys.stderr)
+        return 130
+    print_outcomes(outcomes)
     counts = {}
     for outcome in outcomes:
         counts[outcome.status] = counts.get(outcome.status, 0) + 1

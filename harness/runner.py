@@ -34,6 +34,7 @@ class RunOutcome:
     status: str           # finished, collapsed, diverged, skipped, failed, stopped (at the deadline)
     seconds: float = 0.0
     error: str | None = None
+    scores: str = ""      # each stage's test exact match, for the log
 
 
 def resolve_device(name: str) -> str:
@@ -140,7 +141,7 @@ def _train_and_record(spec: RunSpec, out: Path, device: str, cache_dir: Path, pr
     started = time.time()
     tuning, train = None, spec.train
     if spec.train.get("tune"):
-        tuning = tune(spec, out, device, deadline)
+        tuning = tune(spec, out, device, deadline, cache_dir, progress)
         train = {**spec.train, **tuning["chosen"]}
         started = time.time()   # wall_seconds: this run alone (the shared tuning has its own cells)
         if store.is_finished(out, spec.suite, spec.run_id):
@@ -172,7 +173,19 @@ def _train_and_record(spec: RunSpec, out: Path, device: str, cache_dir: Path, pr
                "describe": method.describe(method.config)}  # label and write axis, for reports
     store.write_json(directory / "summary.json", summary)
     trainer.discard_resume_point()  # finished: a later run of this spec starts afresh
-    return RunOutcome(spec.run_id, spec.label(), result["status"], summary["wall_seconds"])
+    return RunOutcome(spec.run_id, spec.label(), result["status"], summary["wall_seconds"],
+                      scores=test_scores(summary))
+
+
+def test_scores(summary: dict) -> str:
+    """'pairs=2 99.8, pairs=4 97.1': each stage's test exact match (%) at the trained write setting."""
+    parts = []
+    for stage, override in zip(summary["stages"], summary["spec"]["train"].get("curriculum") or [{}]):
+        metrics = next(iter(stage["eval"].values()), None) if stage["eval"] else None
+        if metrics is not None:
+            where = ",".join(f"{k}={v}" for k, v in override.items() if k != "train_key_overlap") or "test"
+            parts.append(f"{where} {100 * metrics['exact_match']:.1f}")
+    return ", ".join(parts)
 
 
 def _run_in_worker(spec_dict: dict, out: str, device: str, cache_dir: str, plugins: list[str],
@@ -245,10 +258,11 @@ def run_specs(specs: list[RunSpec], out: Path, device: str = "cpu", jobs: int = 
     if not pending:
         return outcomes
     if jobs == 1 and backend == "loky":
-        for spec in pending:
+        for index, spec in enumerate(pending, 1):
+            log.info("run %d of %d: %s", index, len(pending), spec.label())
             outcome = _run_in_worker(spec.to_dict(), str(out), device, str(cache_dir), plugins, None, progress,
                                      deadline)
-            log.info("%s: %s (%.0f s)", outcome.label, outcome.status, outcome.seconds)
+            report(outcome, index, len(pending))
             outcomes.append(outcome)
         return outcomes
     from joblib import Parallel, delayed
@@ -256,7 +270,14 @@ def run_specs(specs: list[RunSpec], out: Path, device: str = "cpu", jobs: int = 
     tasks = [delayed(_run_in_worker)(s.to_dict(), str(out), device, str(cache_dir), plugins, threads, False,
                                      deadline) for s in pending]
     with _backend(backend, jobs, scheduler) as n_jobs:
-        for outcome in Parallel(n_jobs=n_jobs, return_as="generator_unordered")(tasks):
-            log.info("%s: %s (%.0f s)", outcome.label, outcome.status, outcome.seconds)
+        log.info("%d runs, %s at a time", len(pending), jobs)
+        for index, outcome in enumerate(Parallel(n_jobs=n_jobs, return_as="generator_unordered")(tasks), 1):
+            report(outcome, index, len(pending))
             outcomes.append(outcome)
     return outcomes
+
+
+def report(outcome: RunOutcome, index: int, total: int) -> None:
+    """One log line for a run that ended: k of n, status, time and its test scores."""
+    log.info("[%d/%d] %s: %s (%.0f s)%s", index, total, outcome.label, outcome.status, outcome.seconds,
+             f"; test exact match {outcome.scores}" if outcome.scores else "")

@@ -25,7 +25,9 @@ from pathlib import Path
 from filelock import FileLock
 
 from harness import store
+from harness.builder import build_run, seed_everything
 from harness.schema import EvalConfig, RunSpec, TrainConfig
+from harness.train import Trainer
 from harness.typed import build
 from harness.ids import content_id
 
@@ -87,19 +89,25 @@ def cell_spec(spec: RunSpec, cell: dict, stages: int = 1) -> RunSpec:
     return RunSpec(**{**spec.to_dict(), "train": train, "seed": tune.get("seed", 0)})
 
 
-def train_cell(spec: RunSpec, device: str, deadline: float | None = None) -> list[dict]:
+def train_cell(spec: RunSpec, device: str, deadline: float | None = None, cache_dir: Path | None = None,
+               progress: bool = False) -> list[dict]:
     """Best validation EM (and the step it came at) of one grid cell on each of its stages; a stage
-    lost to a divergence scores 0."""
-    from harness.builder import build_run, seed_everything
-    from harness.train import Trainer
+    lost to a divergence scores 0. With a `cache_dir` the cell checkpoints under
+    `<cache_dir>/checkpoints/tune-<cell id>/` like a run, so an interrupted cell resumes."""
     seed_everything(spec.seed)
     task, method = build_run(spec)
     method.to(device)
     with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(cache_dir) / "checkpoints" / f"tune-{spec.run_id}" if cache_dir else Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
         trainer = Trainer(method, task, build(TrainConfig, spec.train, "train"), build(EvalConfig, spec.eval, "eval"),
-                          spec.seed, device, Path(tmp) / "metrics.jsonl", None, label=f"tune {spec.label()}",
-                          progress=False, test_at_stage_end=False, deadline=deadline)
+                          spec.seed, device, folder / "metrics.jsonl", folder if cache_dir else None,
+                          label=f"tune {spec.label()}", progress=progress, test_at_stage_end=False,
+                          deadline=deadline)
         result = trainer.run()
+        if cache_dir:
+            trainer.discard_resume_point()
+            (folder / "metrics.jsonl").unlink(missing_ok=True)
     seconds = round(result["train_seconds"], 1)
     scores = [{"valid_em": max(stage["best_valid_em"], 0.0), "best_step": stage["best_step"], "seconds": seconds}
               for stage in result["stages"]]
@@ -129,9 +137,11 @@ def settled_choice(out: Path, spec: RunSpec) -> dict | None:
     return None if cells_left(spec, record) else choose(record["cells"], record.get("second_stage"))
 
 
-def tune(spec: RunSpec, out: Path, device: str = "cpu", deadline: float | None = None) -> dict:
+def tune(spec: RunSpec, out: Path, device: str = "cpu", deadline: float | None = None,
+         cache_dir: Path | None = None, progress: bool = False) -> dict:
     """The tuning record of a run (grid, each cell's validation EM on each tuning stage, the
-    choice), computing only the cells not yet cached."""
+    choice), computing only the cells not yet cached (a cell cut short resumes from its
+    checkpoint under `cache_dir`)."""
     tune_spec = spec.train["tune"]
     path = tune_path(out, spec)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -141,8 +151,11 @@ def tune(spec: RunSpec, out: Path, device: str = "cpu", deadline: float | None =
             "seed": tune_spec.get("seed", 0), "method": spec.method, "cells": []}
         stages = tuning_stages(spec)
         for cell in cells_left(spec, record):
-            log.info("%s: tuning %s", spec.label(), cell)
-            scores = train_cell(cell_spec(spec, cell, stages), device, deadline)
+            log.info("%s: tuning cell %d of %d: %s", spec.label(), len(grid_cells(tune_spec)) -
+                     len(cells_left(spec, record)) + 1, len(grid_cells(tune_spec)), cell)
+            scores = train_cell(cell_spec(spec, cell, stages), device, deadline, cache_dir, progress)
+            log.info("%s: tuning %s: validation EM %s", spec.label(), cell,
+                     " then ".join(f"{s['valid_em']:.3f}" for s in scores))
             if find_cell(record["cells"], cell) is None:
                 record["cells"].append({**cell, **scores[0]})
             if stages == 2:

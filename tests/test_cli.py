@@ -133,6 +133,27 @@ def test_list_and_plugin(tmp_path, capsys, monkeypatch):
         assert name in out
 
 
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(runner, "execute_run", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert run(["--suite", write_suite(tmp_path)], tmp_path) == 130
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("interrupted:"), err
+
+
+def test_a_sweep_says_run_k_of_n_its_estimate_and_each_runs_scores(tmp_path, capsys, caplog):
+    import logging
+    with caplog.at_level(logging.INFO):
+        assert run(["--suite", write_suite(tmp_path)], tmp_path) == 0
+    assert "3 runs, 3 to train" in caplog.text and "run 2 of 3" in caplog.text
+    assert "[3/3]" in caplog.text and "test exact match test " in caplog.text
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].startswith("run") and len(table.splitlines()) == 4
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert run(["--suite", write_suite(tmp_path)], tmp_path) == 0
+    assert "all 3 runs are finished" in caplog.text and "--out DIR trains afresh" in caplog.text
+
+
 def test_resume_after_crash_finishes_the_rest_and_repeats_none(tmp_path, monkeypatch):
     suite = write_suite(tmp_path)
     calls = []
@@ -145,8 +166,7 @@ def test_resume_after_crash_finishes_the_rest_and_repeats_none(tmp_path, monkeyp
         return real(spec, *args, **kwargs)
 
     monkeypatch.setattr(runner, "execute_run", crash_on_second)
-    with pytest.raises(KeyboardInterrupt):
-        run(["--suite", suite], tmp_path)
+    assert run(["--suite", suite], tmp_path) == 130   # Ctrl-C: one line, exit 130
     assert len(summaries(tmp_path)) == 1
     first = summaries(tmp_path)[0]
     first_text = first.read_text()
@@ -181,8 +201,7 @@ def test_a_run_killed_mid_training_resumes_from_its_checkpoint(tmp_path, monkeyp
         return real_step(self, task)
 
     monkeypatch.setattr(Trainer, "train_step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
-        run(["--suite", suite], tmp_path)
+    assert run(["--suite", suite], tmp_path) == 130   # Ctrl-C: one line, exit 130
     assert run(["--suite", suite], tmp_path) == 0
     # steps 0-6 ran, the crash at step 7 lost nothing before the checkpoint at step 6
     assert steps_run == [0, 1, 2, 3, 4, 5, 6, "died", 6, 7, 8]
@@ -290,8 +309,7 @@ def test_a_torn_last_curve_line_is_dropped_on_resume(tmp_path, monkeypatch):
         return real_step(self, task)
 
     monkeypatch.setattr(Trainer, "train_step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
-        run(["--suite", suite], tmp_path)
+    assert run(["--suite", suite], tmp_path) == 130   # Ctrl-C: one line, exit 130
     monkeypatch.setattr(Trainer, "train_step", real_step)
     assert run(["--suite", suite], tmp_path) == 0
     curve = store.read_jsonl(summaries(tmp_path)[0].parent / "metrics.jsonl")

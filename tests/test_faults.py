@@ -86,8 +86,7 @@ def _killed_at_step_7(tmp_path, monkeypatch):
         return real_step(self, task)
 
     monkeypatch.setattr(Trainer, "train_step", step)
-    with pytest.raises(KeyboardInterrupt):
-        run(["--suite", suite], tmp_path)
+    assert run(["--suite", suite], tmp_path) == 130   # Ctrl-C: one line, exit 130
     [folder] = (tmp_path / "cache" / "checkpoints").iterdir()
     assert {p.name for p in folder.glob("*.pt")} >= {"last.pt", "previous.pt"}
     return suite, folder, steps_run
@@ -282,3 +281,26 @@ def test_a_sweep_stopped_at_its_deadline_resumes_to_the_same_summaries(tmp_path,
     resumed = {p.parent.name: _comparable(p) for p in summaries(tmp_path)}
     uninterrupted = {p.parent.name: _comparable(p) for p in sorted((whole / "results").glob("*/*/summary.json"))}
     assert resumed == uninterrupted and len(resumed) == 2
+
+
+def test_a_tuning_cell_cut_short_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    from harness.train import Trainer
+    data = modified({**TINY, "runs": [{"method": {"name": "full_context"}}]}, "train", steps=6, eval_every=3,
+                    tune={"grid": {"lr": [1e-3]}, "steps": 6})
+    suite = write_suite(tmp_path, data)
+    real_step = Trainer.train_step
+    steps_run = []
+
+    def step(self, task):
+        if self.label.startswith("tune") and self.state["step"] == 4 and "died" not in steps_run:
+            steps_run.append("died")
+            raise KeyboardInterrupt
+        steps_run.append((self.label[:4], self.state["step"]))
+        return real_step(self, task)
+
+    monkeypatch.setattr(Trainer, "train_step", step)
+    assert run(["--suite", suite], tmp_path) == 130
+    assert run(["--suite", suite], tmp_path) == 0
+    after = steps_run[steps_run.index("died") + 1:]
+    assert [s for label, s in after if label == "tune"][:3] == [3, 4, 5]   # from the checkpoint at step 3
+    assert not list((tmp_path / "cache" / "checkpoints").glob("tune-*/last.pt"))   # done: no resume point left

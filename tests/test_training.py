@@ -110,7 +110,7 @@ def test_tuning_picks_the_best_cell_and_reruns_nothing(tmp_path, monkeypatch):
     scores = {(1e-3, 0): 0.2, (1e-3, 2): 0.6, (3e-3, 0): 0.6, (3e-3, 2): 0.4}
     calls = []
 
-    def fake_cell(cell_spec, device, deadline=None):
+    def fake_cell(cell_spec, device, *rest):
         key = (cell_spec.train["lr"], cell_spec.train["warmup_steps"])
         calls.append(key)
         assert cell_spec.train["curriculum"] == [{"pairs": 2}] and cell_spec.train["steps"] == 2
@@ -138,7 +138,7 @@ def test_cells_are_scored_on_the_second_stage_and_only_missing_scores_train(tmp_
     second = {(1e-3, 0): 0.7, (1e-3, 2): 0.4, (3e-3, 0): 0.8, (3e-3, 2): 0.8}
     calls = []
 
-    def fake_cell(cell_spec, device, deadline=None):
+    def fake_cell(cell_spec, device, *rest):
         key = (cell_spec.train["lr"], cell_spec.train["warmup_steps"])
         calls.append(key)
         assert cell_spec.train["curriculum"] == [{"pairs": 2}, {"pairs": 3}]   # the first two stages

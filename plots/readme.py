@@ -1,4 +1,7 @@
-"""Refresh the README's generated tables from results/ alone: `python -m plots.readme [README.md]`.
+"""Refresh the generated tables of the READMEs from results/ alone: `python -m plots.readme [FILE ...]`.
+
+With no FILE it refreshes README.md and every results/*/README.md that has generated blocks (the
+suite pages); with FILEs, just those.
 
 A generated block is the text between a line `<!-- generated: NAME ARGS -->` and the next line
 `<!-- end generated -->`; NAME is one of BLOCKS and ARGS its arguments, e.g.
@@ -50,17 +53,30 @@ def refresh(text: str, frame: pd.DataFrame) -> str:
     return BLOCK.sub(replace, text)
 
 
+def default_pages(results: Path | str = "results") -> list[Path]:
+    """README.md and every `<results>/*/README.md` that holds a generated block."""
+    pages = [Path("README.md")]
+    for page in sorted(Path(results).glob("*/README.md")):
+        if BLOCK.search(page.read_text()):
+            pages.append(page)
+    return pages
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m plots.readme", description=__doc__)
-    parser.add_argument("readme", nargs="?", default="README.md")
+    parser.add_argument("readme", nargs="*", help="files to refresh (default: README.md and the suite pages "
+                                                  "results/*/README.md that have generated blocks)")
     parser.add_argument("--results", default="results")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    path = Path(args.readme)
-    text = path.read_text()
-    blocks = len(BLOCK.findall(text))
-    path.write_text(refresh(text, store.load(args.results)))
-    logging.info("refreshed %d generated blocks in %s", blocks, path)
+    paths = [Path(p) for p in args.readme] or default_pages(args.results)
+    texts = {path: path.read_text() for path in paths}
+    frame = store.load(args.results)
+    refreshed = {path: refresh(text, frame) for path, text in texts.items()}   # every block renders first:
+    for path, text in refreshed.items():                                     # an unknown one writes nothing
+        if text != texts[path]:
+            path.write_text(text)
+        logging.info("refreshed %d generated blocks in %s", len(BLOCK.findall(texts[path])), path)
     return 0
 
 

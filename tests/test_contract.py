@@ -218,6 +218,7 @@ class Peek(Method):
 '''
 
 
+@pytest.mark.slow
 def test_registry_wide_tests_check_an_outside_plugin(tmp_path):
     """`pytest tests/test_contract.py --harness-plugin MODULE` runs the contract tests on a plugin."""
     import os

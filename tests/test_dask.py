@@ -4,8 +4,12 @@ import json
 import os
 import textwrap
 
+import pytest
+
 from harness.cli import main
 from tests.test_cli import TINY, summaries, write_suite
+
+pytestmark = pytest.mark.slow   # a Dask cluster: the slow tier
 
 
 def test_suite_on_a_local_dask_cluster(tmp_path, monkeypatch, capsys):

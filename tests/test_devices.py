@@ -159,6 +159,7 @@ def device_failures(names, task) -> dict[str, str]:
     return failures
 
 
+@pytest.mark.slow
 def test_every_registered_method_keeps_its_tensors_on_the_models_device(compact_task):
     failures = device_failures(sorted(METHODS), compact_task)
     assert not failures, "\n".join(f"{name}: {error}" for name, error in failures.items())

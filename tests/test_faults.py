@@ -116,6 +116,7 @@ def test_a_damaged_checkpoint_falls_back_to_the_previous_one_then_to_a_fresh_sta
 
 
 # ---------------------------------------------------------------- one trainer per run
+@pytest.mark.slow
 def test_two_sweeps_with_different_caches_on_one_out_train_each_run_once(tmp_path, capsys):
     suite = write_suite(tmp_path, modified(ONE_RUN, "train", steps=3000, eval_every=100, eval_examples=4))
     results = tmp_path / "results"
@@ -249,6 +250,7 @@ def _comparable(summary_path: Path) -> tuple:
     return summary["status"], summary["steps"], stages, curve
 
 
+@pytest.mark.slow
 def test_a_sweep_stopped_at_its_deadline_resumes_to_the_same_summaries(tmp_path, monkeypatch, caplog):
     """--until stops every run at its last checkpoint; rerunning finishes them exactly as an
     uninterrupted sweep does (the clock is scripted: one second a step, the deadline inside a run)."""

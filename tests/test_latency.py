@@ -73,6 +73,7 @@ PLUGIN = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_the_suite_times_an_outside_plugin_without_edits_resumes_and_plots(tmp_path, monkeypatch, capsys):
     (tmp_path / "latency_echo_plugin.py").write_text(PLUGIN)
     monkeypatch.syspath_prepend(str(tmp_path))

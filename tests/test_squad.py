@@ -48,6 +48,7 @@ def test_squad_suite_without_data_exits_2_with_one_line(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_squad_suite_runs_on_a_v11_folder(tmp_path):
     data = tmp_path / "squad"
     data.mkdir()

@@ -121,6 +121,7 @@ def test_gpu_scale_on_a_cpu_machine_reads_a_cuda_record(tmp_path, capsys):
     assert "every run to train is measured" in out
 
 
+@pytest.mark.slow
 def test_suite_mode_records_then_the_dry_run_estimates(tmp_path, capsys):
     from bench.step_cost import main as step_cost
     suite = write_suite(tmp_path)

@@ -46,10 +46,12 @@ def measure(spec, stage: int, device: str, steps: int, warmup: int) -> dict:
     """Medians (ms) over `steps` rounds, after `warmup`, of `spec`'s curriculum stage `stage` on
     `device`: the batch, the model step on a ready batch, the trainer's step, and the trainer's step
     minus the model step timed right before it (paired, so a slow patch of the machine cancels)."""
+    from harness.allocator import retain_freed_memory
     from harness.builder import build_run, seed_everything
     from harness.schema import EvalConfig, TrainConfig
     from harness.train import Trainer
     from harness.typed import build
+    retain_freed_memory()   # as every run does: freed blocks stay mapped, no page faults per step
     seed_everything(spec.seed)
     task, method = build_run(spec)
     method.to(device).train()

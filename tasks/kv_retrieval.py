@@ -154,21 +154,38 @@ class KVRetrieval(Task):
         return self._batch(self._draw("train", count, seed), queries_per_context)
 
     @cached_property
-    def _symbol_ids(self) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        vocab = self.tokenizer.vocab
-        keys = torch.tensor([vocab[k] for k in self.key_symbols])
-        values = torch.tensor([vocab[v] for v in self.value_symbols])
-        return keys, values, {p: vocab[p] for p in PUNCTUATION} if self.config.format == "paper" else {}
+    def _layout(self) -> dict:
+        """Token ids of one context pair and one read, with the key and value slots left at 0 and
+        where they start; the symbol ids of keys and values; the context's trailer."""
+        c, vocab = self.config, self.tokenizer.vocab
+        keys, values = [None] * c.key_length, [None] * c.value_length
+        if c.format == "paper":
+            chunk, trailer, read = ["!", *keys, ":", *values, "!"], ["|"], ["?", "!", *keys, ":", *values, "!", "|"]
+            chunk_slots, read_slots = (1, 2 + c.key_length), (2, 3 + c.key_length)
+        else:
+            chunk, trailer, read = [*keys, *values], [], [*keys, *values]
+            chunk_slots, read_slots = (0, c.key_length), (0, c.key_length)
+        ids = lambda tokens: torch.tensor([vocab[t] if t else 0 for t in tokens], dtype=torch.long)   # noqa: E731
+        position = torch.arange(len(read))
+        query_length = read_slots[1]   # the target starts at the value
+        return {"chunk": ids(chunk), "trailer": ids(trailer), "read": ids(read), "chunk_slots": chunk_slots,
+                "read_slots": read_slots, "target": position >= query_length,
+                "score": (position >= query_length) & (position < query_length + c.value_length),
+                "key_ids": torch.tensor([vocab[k] for k in self.key_symbols]),
+                "value_ids": torch.tensor([vocab[v] for v in self.value_symbols]), "roles": {}}
+
+    def _fill(self, template: torch.Tensor, slots: tuple[int, int], keys: torch.Tensor, values: torch.Tensor):
+        """`template` repeated over the leading shape of `keys`, with the key and value ids in their slots."""
+        layout, c = self._layout, self.config
+        out = template.repeat(*keys.shape[:-1], 1)
+        out[..., slots[0]:slots[0] + c.key_length] = layout["key_ids"][keys]
+        out[..., slots[1]:slots[1] + c.value_length] = layout["value_ids"][values]
+        return out
 
     def _context_ids(self, draw: kv_tensors.Draw) -> torch.Tensor:
-        key_ids, value_ids, punct = self._symbol_ids
-        keys, values = key_ids[draw.keys], value_ids[draw.values]
-        rows, pairs = keys.shape[:2]
-        if self.config.format == "compact":
-            return torch.cat([keys, values], 2).reshape(rows, -1)
-        bang, colon = (torch.full((rows, pairs, 1), punct[c]) for c in "!:")
-        chunks = torch.cat([bang, keys, colon, values, bang], 2).reshape(rows, -1)
-        return torch.cat([chunks, torch.full((rows, 1), punct["|"])], 1)
+        layout, rows = self._layout, draw.keys.shape[0]
+        chunks = self._fill(layout["chunk"], layout["chunk_slots"], draw.keys, draw.values).reshape(rows, -1)
+        return torch.cat([chunks, layout["trailer"].expand(rows, -1)], 1) if len(layout["trailer"]) else chunks
 
     def _draw(self, split: str, count: int, seed: int) -> kv_tensors.Draw:
         """`count` contexts of `split`: rows drawn in batches, kept where their ids hash to the split."""
@@ -189,28 +206,22 @@ class KVRetrieval(Task):
         raise HarnessError(f"cannot draw {count} {split} examples for {self.config}")
 
     def _batch(self, draw: kv_tensors.Draw, queries_per_context: int | str) -> Batch:
-        c = self.config
-        key_ids, value_ids, punct = self._symbol_ids
-        rows, pairs = draw.order.shape
+        c, layout = self.config, self._layout
+        rows = draw.order.shape[0]
         asked = draw.order if queries_per_context == "all" else draw.order[:, :queries_per_context]
         per_context = asked.shape[1]
-        keys = key_ids[draw.keys.gather(1, asked[..., None].expand(-1, -1, c.key_length))].reshape(-1, c.key_length)
-        values = value_ids[draw.values.gather(1, asked[..., None].expand(-1, -1, c.value_length))].reshape(-1, c.value_length)
-        reads = rows * per_context
-        if c.format == "paper":
-            column = lambda char: torch.full((reads, 1), punct[char])   # noqa: E731
-            query = torch.cat([column("?"), column("!"), keys, column(":")], 1)
-            target = torch.cat([values, column("!"), column("|")], 1)
-        else:
-            query, target = keys, values
-        read_ids = torch.cat([query, target], 1)
-        position = torch.arange(read_ids.shape[1]).expand(reads, -1)
+        keys = draw.keys.gather(1, asked[..., None].expand(-1, -1, c.key_length)).reshape(-1, c.key_length)
+        values = draw.values.gather(1, asked[..., None].expand(-1, -1, c.value_length)).reshape(-1, c.value_length)
+        read_ids = self._fill(layout["read"], layout["read_slots"], keys, values)
         context_ids = draw.context_ids
-        roles = torch.tensor(self.context_roles(range(context_ids.shape[1]))).expand(rows, -1)
+        length = context_ids.shape[1]
+        if length not in layout["roles"]:
+            layout["roles"][length] = torch.tensor(self.context_roles(range(length)))
+        reads = len(read_ids)
         return Batch(context_ids, torch.ones_like(context_ids, dtype=torch.bool), read_ids,
-                     torch.ones_like(read_ids, dtype=torch.bool), position >= query.shape[1],
-                     (position >= query.shape[1]) & (position < query.shape[1] + c.value_length),
-                     torch.arange(rows).repeat_interleave(per_context), roles.clone())
+                     torch.ones_like(read_ids, dtype=torch.bool), layout["target"].expand(reads, -1),
+                     layout["score"].expand(reads, -1), torch.arange(rows).repeat_interleave(per_context),
+                     layout["roles"][length].expand(rows, -1))
 
     def _decode(self, draw: kv_tensors.Draw) -> list[Example]:
         keys, values, order = draw.keys.tolist(), draw.values.tolist(), draw.order.tolist()

@@ -70,7 +70,20 @@ BAD_INPUTS = {
     "huge seed count": lambda p: ["--suite", write_suite(p), "--seeds", "100000000", "--dry-run"],
     "plugin raising at import": lambda p: [*_raising_plugin(p), "--list"],
     "deadline not positive": lambda p: ["--suite", write_suite(p), "--until", "0"],
+    "plugin not on the path": lambda p: ["--plugin", "not_on_the_path_plugin", "--list"],
+    "plugin file missing": lambda p: ["--plugin", str(p / "missing_plugin.py"), "--list"],
+    "plugin registering nothing": lambda p: ["--plugin", _plugin_file(p, "empty_plugin", "x = 1\n"), "--list"],
+    "plugin forgetting the decorator": lambda p: ["--plugin", _plugin_file(p, "forgot_plugin", (
+        "from methods.query_only import QueryOnly\nclass Forgot(QueryOnly):\n    name = 'forgot'\n")), "--list"],
+    "plugin with a bad Config": lambda p: ["--plugin", _plugin_file(p, "config_plugin", (
+        "from harness.registry import register_method\nfrom methods.query_only import QueryOnly\n"
+        "@register_method\nclass Bad(QueryOnly):\n    name = 'bad_config'\n    Config = None\n")), "--list"],
 }
+
+
+def _plugin_file(path, name: str, text: str) -> str:
+    (path / f"{name}.py").write_text(text)
+    return str(path / f"{name}.py")
 
 
 def _raising_plugin(path):
@@ -113,6 +126,14 @@ def test_match_keeps_runs_by_label_and_seeds_add_runs(tmp_path, capsys):
     assert run(["--suite", write_suite(tmp_path, swept), "--dry-run", "--match", "pairs=3,"], tmp_path) == 0
     out = capsys.readouterr().out
     assert "3 runs" in out and "pairs=2," not in out
+
+
+def test_a_plugin_given_as_a_file_path_registers_its_method(tmp_path, capsys):
+    path = _plugin_file(tmp_path, "file_plugin", (
+        "from harness.registry import register_method\nfrom methods.query_only import QueryOnly\n"
+        "@register_method\nclass FromFile(QueryOnly):\n    name = 'from_file_plugin'\n"))
+    assert main(["--plugin", path, "--list"]) == 0
+    assert "from_file_plugin" in capsys.readouterr().out
 
 
 def test_list_and_plugin(tmp_path, capsys, monkeypatch):

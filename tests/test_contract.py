@@ -176,14 +176,15 @@ def test_a_contract_break_names_the_method_the_rule_and_the_shapes(compact_task,
 
 
 def test_the_registry_refuses_a_class_that_is_not_a_method_or_task():
+    from harness.errors import HarnessError
     from harness.registry import register_method, register_task
 
     class NotAMethod:
         name = "not_a_method"
 
-    with pytest.raises(TypeError, match="must subclass harness.contract.Method"):
+    with pytest.raises(HarnessError, match="must subclass harness.contract.Method"):
         register_method(NotAMethod)
-    with pytest.raises(TypeError, match="must subclass harness.contract.Task"):
+    with pytest.raises(HarnessError, match="must subclass harness.contract.Task"):
         register_task(NotAMethod)
     assert "not_a_method" not in METHODS
 

@@ -71,6 +71,7 @@ class Method(nn.Module, abc.ABC):
     """
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
+    bound: ClassVar[str | None] = None   # "upper" / "lower": a reference every figure panel draws
     Config: ClassVar[type] = None
     archs: ClassVar[tuple[str, ...]] = ("llama",)   # backbone architectures it works with
 

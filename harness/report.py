@@ -319,10 +319,16 @@ def steps_markdown(frame: pd.DataFrame, scale: str) -> str:
             + "\n\nBold: the value used in training. " + INTERVAL_NOTE + "\n")
 
 
+def paper_fig4a() -> pd.DataFrame:
+    """The paper's Figure 4(a) (results/reference/paper_fig4a_steps.csv): pairs, k_train, k_eval
+    (a number, or 'best_0_n': the best over K_eval in 0..n), em (%)."""
+    return pd.read_csv(REFERENCE / "paper_fig4a_steps.csv", comment="#", dtype={"k_eval": str})
+
+
 def paper_fig4a_markdown() -> str:
-    """The paper's Figure 4(a) (results/reference/paper_fig4a_steps.csv) as a table: exact match
-    (%) per (pairs, K in training) and K at evaluation; 'best 0-n' = best over K_eval in 0..n."""
-    paper = pd.read_csv(REFERENCE / "paper_fig4a_steps.csv", comment="#", dtype={"k_eval": str})
+    """The paper's Figure 4(a) as a table: exact match (%) per (pairs, K in training) and K at
+    evaluation; 'best 0-n' = best over K_eval in 0..n."""
+    paper = paper_fig4a()
     paper["trained"] = [f"{p} pairs, gradmem K={k}" for p, k in zip(paper.pairs, paper.k_train)]
     paper["column"] = [f"K={k}" if k.isdigit() else k.replace("best_0_", "best 0-") for k in paper.k_eval]
     wide = paper.pivot(index="trained", columns="column", values="em")

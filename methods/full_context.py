@@ -123,6 +123,7 @@ def packed_attention_mask(segment: torch.Tensor, dtype: torch.dtype) -> torch.Te
 class FullContext(Method):
     name = "full_context"
     summary = "upper bound: the KV-cache of the whole context (2 * layers * tokens * d floats)"
+    bound = "upper"
     Config = FullContextConfig
 
     @classmethod

@@ -19,6 +19,7 @@ class QueryOnlyConfig:
 class QueryOnly(Method):
     name = "query_only"
     summary = "lower bound: no memory (0 floats); a learned start vector, then the query"
+    bound = "lower"
     Config = QueryOnlyConfig
 
     def __init__(self, config, backbone):

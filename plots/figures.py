@@ -13,19 +13,22 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from harness.report import capacity, capacity_frame, labels, paper_table1  # noqa: E402
+from harness import registry  # noqa: E402
+from harness.report import capacity, capacity_frame, labels, paper_fig4a, paper_table1, summarise  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 
 def save_figure(fig, path: Path, right: float = 1.0, dpi: int = 120) -> Path:
-    """Lay out (the right margin from `right` on left free, e.g. for a legend), write and close."""
+    """Lay out (the right margin from `right` on left free, e.g. for a legend), write the PNG and
+    a vector copy beside it (SVG), and close."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout(rect=(0, 0, right, 1))
     fig.savefig(path, dpi=dpi)
+    fig.savefig(path.with_suffix(".svg"))
     plt.close(fig)
-    log.info("wrote %s", path)
+    log.info("wrote %s (and .svg)", path)
     return path
 
 
@@ -54,53 +57,94 @@ COLLAPSE_HANDLES = [Line2D([], [], ls="", marker="x", color="black", label="seed
                     Line2D([], [], ls="", marker="o", mfc="none", color="black", label="a seed of the point collapsed")]
 
 
+def _bound_of(method: str) -> str | None:
+    """'upper' / 'lower' for a method class that declares itself a bound (`Method.bound`), else None."""
+    cls = registry.METHODS.get(method)
+    return getattr(cls, "bound", None) if cls is not None else None
+
+
+def _family(label: str) -> str:
+    """A panel of the capacity figure: the method of a display label and its variant word
+    ('gradmem', 'gradmem 1st-order', 'rmt', 'armt', ...)."""
+    words = label.split()
+    return " ".join(words[:2]) if len(words) > 1 and words[1].endswith("-order") else words[0]
+
+
+def _draw_capacity_line(ax, group, colour, label, linestyle="-"):
+    """One method's mean exact match per pairs with its 95% interval as a band and its seeds as dots
+    (x: a seed that collapsed in that stage; a hollow mean: some seed of it did)."""
+    group = group.sort_values("task.pairs")
+    mean, spread = 100 * group["em_mean"], 100 * group["em_ci"].fillna(0)
+    ax.plot(group["task.pairs"], mean, marker="o", ms=3.5, color=colour, ls=linestyle, label=label)
+    ax.fill_between(group["task.pairs"], (mean - spread).clip(lower=0), (mean + spread).clip(upper=100),
+                    color=colour, alpha=0.15, lw=0)
+    hit = group[group["collapsed"] > 0]
+    if len(hit):
+        ax.scatter(hit["task.pairs"], 100 * hit["em_mean"], s=45, facecolors="white", edgecolors=colour,
+                   linewidths=1.2, zorder=3)
+    for pairs, values, marks in zip(group["task.pairs"], group["em_seeds"], group["collapsed_seeds"]):
+        values, marks = json.loads(values), json.loads(marks)
+        if len(values) < 2 and not any(marks):
+            continue   # one seed: the dot is the mean
+        ax.scatter([pairs] * sum(not m for m in marks), [100 * v for v, m in zip(values, marks) if not m],
+                   s=6, color=colour, alpha=0.5)
+        ax.scatter([pairs] * sum(marks), [100 * v for v, m in zip(values, marks) if m], s=25, marker="x",
+                   color=colour, zorder=4)
+
+
 def exact_match_vs_pairs(frame: pd.DataFrame, scale: str, out: Path) -> Path | None:
-    """Figure 3: exact match versus number of pairs, one line per method: the mean with its 95%
-    interval over seeds (Student t) as error bars, every seed a dot (x: that seed collapsed in
-    training in that stage; a hollow mean: some seed of it did)."""
-    table = capacity_frame(frame[frame["suite"] == "capacity"]) if not frame.empty else frame
+    """Figure 3 as small multiples: exact match versus pairs, one panel per method family (at most
+    6 lines a panel), the bounds (`Method.bound`) drawn in every panel; each line the mean with its
+    95% interval over seeds (Student t) as a band, every seed a dot."""
+    runs = frame[frame["suite"] == "capacity"] if not frame.empty else frame
+    table = capacity_frame(runs) if not runs.empty else runs
     table = table[table["scale"] == scale] if not table.empty else table
     if table.empty:
         return None
-    fig, ax = plt.subplots(figsize=(10, 5))
-    palette = dict(zip(sorted(table["label"].unique()), sns.color_palette("tab20", table["label"].nunique())))
-    for label, group in table.groupby("label"):
-        group = group.sort_values("task.pairs")
-        floats = int(group["memory_floats"].max())
-        colour = palette[label]
-        mean, spread = 100 * group["em_mean"], 100 * group["em_ci"].fillna(0)
-        bars = [mean - (mean - spread).clip(lower=0), (mean + spread).clip(upper=100) - mean]  # interval within 0-100
-        ax.errorbar(group["task.pairs"], mean, yerr=bars, marker="o", label=f"{label} ({floats:,} floats)",
-                    color=colour, capsize=3)
-        hit = group[group["collapsed"] > 0]
-        if len(hit):
-            ax.scatter(hit["task.pairs"], 100 * hit["em_mean"], s=70, facecolors="white", edgecolors=colour,
-                       linewidths=1.5, zorder=3)
-        for pairs, values, marks in zip(group["task.pairs"], group["em_seeds"], group["collapsed_seeds"]):
-            values, marks = json.loads(values), json.loads(marks)
-            if len(values) < 2 and not any(marks):
-                continue   # one seed: the dot is the mean
-            kept = [100 * v for v, m in zip(values, marks) if not m]
-            fell = [100 * v for v, m in zip(values, marks) if m]
-            ax.scatter([pairs] * len(kept), kept, s=8, color=colour, alpha=0.5)
-            ax.scatter([pairs] * len(fell), fell, s=30, marker="x", color=colour, zorder=4)
-    if scale == "paper":
-        for label, group in paper_table1().groupby("label"):
-            ax.plot(group["pairs"], group["em_mean"], ls="--", alpha=0.3, color=palette.get(label, "grey"))
-    fewest, most = int(table["seeds"].min()), int(table["seeds"].max())
-    seeds = f"{most} seed{'s' if most > 1 else ''}" if fewest == most else f"{fewest}-{most} seeds per method"
-    ax.set(xscale="log", xlabel="pairs in the context", ylabel="exact match (%)", ylim=(-2, 102),
-           title=f"KV retrieval capacity, {scale} scale ({seeds}; bars: 95% t-interval over seeds)"
-                 + (" — dashed: paper" if scale == "paper" else ""))
+    named = runs[runs["scale"] == scale]
+    method_of = dict(zip(labels(named), named["method"]))
+    bounds = {label: _bound_of(method_of.get(label, "")) for label in table["label"].unique()}
+    families: dict[str, list[str]] = {}
+    for label in sorted(table["label"].unique()):
+        if not bounds[label]:
+            families.setdefault(_family(label), []).append(label)
+    panels = [(name, members[i:i + 6]) for name, members in families.items() for i in range(0, len(members), 6)]
+    if not panels:
+        panels = [("bounds", [])]
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.3 * rows + 0.6), squeeze=False,
+                             sharex=True, sharey=True)
     pairs = sorted(table["task.pairs"].unique())
-    ax.minorticks_off()
-    ax.set_xticks(pairs, [str(int(p)) for p in pairs])
-    ax.axhline(90, color="grey", lw=0.5, ls=":")
-    handles, names = ax.get_legend_handles_labels()
-    if table["collapsed"].sum():
-        handles += COLLAPSE_HANDLES
-        names += [h.get_label() for h in COLLAPSE_HANDLES]
-    ax.legend(handles, names, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), title="memory per context")
+    for ax, (name, members) in zip(axes.flat, panels):
+        for label, kind in bounds.items():
+            if kind:
+                group = table[table["label"] == label]
+                _draw_capacity_line(ax, group, "black" if kind == "upper" else "grey",
+                                    f"{label} ({kind} bound)", "-" if kind == "upper" else ":")
+        colours = sns.color_palette("tab10", max(len(members), 1))
+        for colour, label in zip(colours, members):
+            group = table[table["label"] == label]
+            _draw_capacity_line(ax, group, colour, f"{label} ({int(group['memory_floats'].max()):,} floats)")
+        if scale == "paper":
+            for label, group in paper_table1().groupby("label"):
+                if label in members:
+                    ax.plot(group["pairs"], group["em_mean"], ls="--", alpha=0.4, color="grey")
+        ax.set(xscale="log", ylim=(-2, 102), title=name)
+        ax.minorticks_off()
+        ax.set_xticks(pairs, [str(int(p)) for p in pairs])
+        ax.axhline(90, color="grey", lw=0.5, ls=":")
+        ax.legend(fontsize=6.5, loc="best")
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("pairs in the context")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("exact match (%)")
+    fewest, most = int(table["seeds"].min()), int(table["seeds"].max())
+    seeds = f"{most} seed{'s' if most > 1 else ''}" if fewest == most else f"{fewest}-{most} seeds"
+    fig.suptitle(f"KV retrieval capacity, {scale} scale ({seeds}; bands: 95% interval over seeds; "
+                 f"x: a seed that collapsed)", fontsize=10)
     return save_figure(fig, out / f"capacity_{scale}.png")
 
 
@@ -122,8 +166,10 @@ def capacity_vs_memory(frame: pd.DataFrame, scale: str, out: Path) -> Path | Non
                      "low": int(best["capacity_low"]), "high": int(best["capacity_high"]),
                      "collapsed": int(cap["collapsed"].sum()), "seeds": per_seed})
     points = pd.DataFrame(rows)
-    if points.empty:
-        return None
+    method_of = dict(zip(subset["label"], subset["method"]))
+    sizes = points[[not _bound_of(method_of.get(label, "")) for label in points["label"]]]
+    if sizes.empty or sizes.groupby("label")["floats"].nunique().max() < 2:
+        return None   # no memory method at two sizes: nothing to read off a size axis
     fig, ax = plt.subplots(figsize=(8, 5))
     markers = "osD^vP*Xh<>"
     colours = sns.color_palette("tab20", points["label"].nunique())
@@ -142,8 +188,7 @@ def capacity_vs_memory(frame: pd.DataFrame, scale: str, out: Path) -> Path | Non
                 ax.scatter([floats] * len(values), [v + shift for v in values], s=8, color=colour, alpha=0.5)
     ax.set(xscale="log", xlabel="memory size per context (floats, log; 0 shown at 1)",
            ylabel="capacity: largest pairs with EM ≥ 90%",
-           title=f"Capacity versus memory size, {scale} scale\nbars: capacity at the ends of the 95% intervals; "
-                 f"dots: seeds\n(a memory that grows with the context: one point per pairs)")
+           title=f"Capacity versus memory size, {scale} scale (bars: at the ends of the 95% intervals)")
     handles, names = ax.get_legend_handles_labels()
     if points["collapsed"].sum():
         handles.append(COLLAPSE_HANDLES[1])
@@ -152,27 +197,48 @@ def capacity_vs_memory(frame: pd.DataFrame, scale: str, out: Path) -> Path | Non
     return save_figure(fig, out / f"capacity_vs_memory_{scale}.png")
 
 
-def steps_heatmap(frame: pd.DataFrame, scale: str, out: Path) -> Path | None:
-    """Figure 4a: exact match over (trained setting, evaluated value of the write axis), the trained
-    value boxed."""
+def steps_lines(frame: pd.DataFrame, scale: str, out: Path) -> Path | None:
+    """Figure 4a as lines: exact match versus the write-axis value at evaluation (same weights),
+    one panel per pairs value, one line per trained setting with its 95% interval over seeds as a
+    band and the trained value marked; the paper's Figure 4a in the last panel."""
     subset = _axis_rows(_rows(frame, ["steps"], scale))
     if subset.empty:
         return None
-    grid = subset.groupby(["task.pairs", "label", "axis_trained", "axis_value"])["exact_match"].mean().unstack() * 100
-    trained = [t for _, _, t in grid.index]
-    grid.index = [f"{int(p)} pairs, {label}" for p, label, _ in grid.index]
-    grid.columns = [int(c) if float(c).is_integer() else c for c in grid.columns]
-    fig, ax = plt.subplots(figsize=(max(7.0, 2 + 0.7 * grid.shape[1]), 1.5 + 0.5 * grid.shape[0]))
-    sns.heatmap(grid, annot=True, fmt=".1f", cmap="viridis", vmin=0, vmax=100, ax=ax, cbar_kws={"label": "EM (%)"})
-    for row, value in enumerate(trained):
-        if value in grid.columns:
-            col = list(grid.columns).index(value)
-            ax.add_patch(plt.Rectangle((col, row), 1, 1, fill=False, edgecolor="red", lw=2))
-    axis = _axis_name(subset)
-    ax.set(xlabel=f"{axis} at evaluation", ylabel="",
-           title=f"Exact match (%) with more {axis} at evaluation, same weights\n({scale} scale, mean of "
-                 f"{subset['seed'].nunique()} seed(s); red box: the value used in training)")
-    return save_figure(fig, out / f"steps_heatmap_{scale}.png")
+    table = summarise(subset, ["task.pairs", "label", "axis_trained", "axis_value"])
+    pairs = sorted(table["task.pairs"].unique())
+    fig, axes = plt.subplots(1, len(pairs) + 1, figsize=(3.6 * (len(pairs) + 1), 3.6), squeeze=False, sharey=True)
+    settings = sorted(table["axis_trained"].unique())
+    colours = dict(zip(settings, sns.color_palette("tab10", len(settings))))
+    for ax, n in zip(axes[0], pairs):
+        for (label, trained), group in table[table["task.pairs"] == n].groupby(["label", "axis_trained"]):
+            group = group.sort_values("axis_value")
+            x, mean, spread = group["axis_value"], 100 * group["em_mean"], 100 * group["em_ci"].fillna(0)
+            colour = colours[trained]
+            ax.plot(x, mean, marker="o", ms=3, color=colour, label=label)
+            ax.fill_between(x, (mean - spread).clip(lower=0), (mean + spread).clip(upper=100), color=colour,
+                            alpha=0.15, lw=0)
+            at = group[group["axis_value"] == trained]
+            ax.scatter(at["axis_value"], 100 * at["em_mean"], s=60, facecolors="none", edgecolors=colour, zorder=3)
+        ax.set(xscale="symlog", title=f"{int(n)} pairs", xlabel=f"{_axis_name(subset)} at evaluation")
+        ticks = sorted(table["axis_value"].unique())
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks], fontsize=7)
+        ax.minorticks_off()
+        ax.legend(fontsize=7, loc="lower right")
+    paper = paper_fig4a()
+    paper = paper[paper["k_eval"].str.isdigit()].astype({"k_eval": int})
+    ax = axes[0][-1]
+    for (n, trained), group in paper.groupby(["pairs", "k_train"]):
+        ax.plot(group["k_eval"], group["em"], marker="o", ms=3, ls="--", label=f"{n} pairs, K={trained}")
+    ax.set(xscale="symlog", title="the paper, Fig. 4a (4 x 128, N-K2V2-V62)", xlabel="write steps at evaluation")
+    ticks = sorted(paper["k_eval"].unique())
+    ax.set_xticks(ticks, [str(t) for t in ticks], fontsize=7)
+    ax.minorticks_off()
+    ax.legend(fontsize=7, loc="lower right")
+    axes[0][0].set(ylim=(-2, 102), ylabel="exact match (%)")
+    seeds = subset["seed"].nunique()
+    fig.suptitle(f"More write steps at evaluation, same weights ({scale} scale, {seeds} seed(s); bands: 95% "
+                 f"interval; ring: the value used in training)", fontsize=10)
+    return save_figure(fig, out / f"steps_{scale}.png")
 
 
 def em_vs_inner_loss(frame: pd.DataFrame, scale: str, out: Path) -> Path | None:
@@ -221,4 +287,4 @@ def inner_loss_by_step(frame: pd.DataFrame, scale: str, out: Path) -> Path | Non
     return save_figure(fig, out / f"inner_loss_by_step_{scale}.png")
 
 
-FIGURES = (exact_match_vs_pairs, capacity_vs_memory, steps_heatmap, em_vs_inner_loss, inner_loss_by_step)
+FIGURES = (exact_match_vs_pairs, capacity_vs_memory, steps_lines, em_vs_inner_loss, inner_loss_by_step)

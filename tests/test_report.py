@@ -150,8 +150,12 @@ def test_a_new_method_with_its_own_axis_shows_up_with_its_own_label(tmp_path, lo
     assert "looped memory L=3" in markdown and "92.5 ± 31.8" in markdown and "80.0 ± 0.0" in markdown
     out = tmp_path / "figures"
     assert plots_main(["--results", str(tmp_path), "--out", str(out)]) == 0
-    assert (out / "capacity_cpu.png").exists() and (out / "capacity_vs_memory_cpu.png").exists()
+    assert (out / "capacity_cpu.png").exists() and (out / "capacity_cpu.svg").exists()
+    assert not (out / "capacity_vs_memory_cpu.png").exists()   # one memory size: no size axis to draw
     assert "looped memory L=3" in (out / "table1_kv.md").read_text()
+    write_summary(tmp_path, {"name": "loopmem", "loops": 3}, 2, [(2, {"3": 0.95}, False)], floats=128)
+    assert plots_main(["--results", str(tmp_path), "--out", str(out)]) == 0
+    assert (out / "capacity_vs_memory_cpu.png").exists()
 
 
 def test_migration_describes_old_summaries_without_a_backbone(tmp_path, loopmem):
@@ -286,8 +290,8 @@ def test_figures_and_tables_come_from_results_only(tmp_path):
     assert main(["--suite", str(path), "--out", str(results), "--cache", str(tmp_path / "c"), "--quiet", "--scale", "cpu"]) == 0
     out = tmp_path / "figures"
     assert plots_main(["--results", str(results), "--out", str(out)]) == 0
-    assert (out / "capacity_cpu.png").stat().st_size > 10_000
-    assert (out / "capacity_vs_memory_cpu.png").exists()
+    assert (out / "capacity_cpu.png").stat().st_size > 10_000 and (out / "capacity_cpu.svg").exists()
+    assert not (out / "capacity_vs_memory_cpu.png").exists()   # GradMem at one memory size: no size axis
     for path in results.glob("*/*/summary.json"):   # the runner records each method's description
         assert json.loads(path.read_text())["describe"]["label"] in {"gradmem K=1", "full_context"}
     table = (out / "table1_kv.md").read_text()

@@ -140,10 +140,12 @@ class Trainer:
             self.metrics_path.unlink(missing_ok=True)  # a curve from a run that left no checkpoint
             return False
         settings = asdict(self.config)
-        if data.get("train", settings) != settings:
+        # an option added since the checkpoint was written counts at its default
+        recorded = {**asdict(TrainConfig()), **data.get("train", settings)}
+        if recorded != settings:
             # the run id leaves out the tuned setting: a run retrained for a new tuning choice must
             # not resume the old choice's weights, nor keep its curve
-            changed = {k: v for k, v in data["train"].items() if v != settings.get(k)}
+            changed = {k: v for k, v in recorded.items() if v != settings.get(k)}
             return self._start_afresh(f"its checkpoint trained with other settings ({changed})")
         step = data["state"]["step"]
         kept = [r for r in store.read_jsonl(self.metrics_path) if r["step"] <= step]

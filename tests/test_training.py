@@ -202,6 +202,24 @@ def test_a_checkpoint_from_other_train_settings_is_not_resumed(tmp_path):
     assert not (tmp_path / "checkpoints" / "last.pt").exists() and not (tmp_path / "metrics.jsonl").exists()
 
 
+def test_a_checkpoint_from_before_a_new_train_option_resumes(tmp_path):
+    """An option added to TrainConfig after a checkpoint was written counts at its default there."""
+    import torch
+    task = make_task(format="compact", pairs=2, key_length=1, value_length=1, key_symbols=6, value_symbols=6)
+    config = build(TrainConfig, {"steps": 4, "batch_size": 2}, "train")
+    old = Trainer(make_method("query_only", task), task, config, build(EvalConfig, {"examples": 4}, "eval"),
+                  0, "cpu", tmp_path / "metrics.jsonl", tmp_path / "checkpoints", progress=False)
+    old.state["step"] = 2
+    old.save_checkpoint()
+    data = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+    del data["train"]["tf32"]   # as a checkpoint written before the option existed
+    torch.save(data, tmp_path / "checkpoints" / "last.pt")
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2}\n')
+    new = Trainer(make_method("query_only", task), task, config, build(EvalConfig, {"examples": 4}, "eval"),
+                  0, "cpu", tmp_path / "metrics.jsonl", tmp_path / "checkpoints", progress=False)
+    assert new.try_resume() and new.state["step"] == 2
+
+
 def test_a_checkpoint_whose_curve_was_deleted_is_not_resumed(tmp_path):
     """A results folder deleted while its checkpoint stays: resuming would ship a curve with a gap
     (and a summary whose stages the curve no longer shows), so the run starts afresh."""

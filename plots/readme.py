@@ -19,6 +19,7 @@ import pandas as pd
 
 from harness import store
 from harness.errors import HarnessError
+from plots.claims import claims_markdown
 from harness.report import (memsize_markdown, steps_markdown, table1_beside_paper_markdown, table1_markdown,
                             table2_markdown, tuning_markdown)
 
@@ -29,6 +30,7 @@ BLOCKS = {
     "steps": (steps_markdown, "SCALE"),             # write steps at evaluation
     "memsize": (memsize_markdown, "SCALE"),         # capacity suite + memsize suite per memory size
     "tuning": (tuning_markdown, "SUITE SCALE"),     # tuning grid of a suite
+    "claims": (claims_markdown, "SCALE..."),        # the paper's claims, a verdict per scale
 }
 BLOCK = re.compile(r"^<!-- generated: (?P<spec>[^>]*?) -->\n(?P<body>.*?)^<!-- end generated -->$",
                    re.MULTILINE | re.DOTALL)
@@ -40,7 +42,8 @@ def render(spec: str, frame: pd.DataFrame) -> str:
     if name not in BLOCKS:
         raise HarnessError(f"unknown generated block {name!r}; valid: {', '.join(BLOCKS)}")
     function, usage = BLOCKS[name]
-    if len(args) != len(usage.split()):
+    varargs = usage.endswith("...")
+    if (len(args) < 1) if varargs else (len(args) != len(usage.split())):
         raise HarnessError(f"generated block {spec!r} needs arguments {usage}")
     return function(frame, *args)
 

@@ -51,3 +51,8 @@ def test_no_import_cycle_in_the_engine():
 def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_readme_is_a_front_door():
+    readme = HARNESS.parent / "README.md"
+    assert len(readme.read_bytes()) <= 12_000, "README.md is the front door: findings go to results/<suite>/README.md"

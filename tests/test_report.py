@@ -355,3 +355,29 @@ def test_a_memory_row_above_its_backbones_full_context_bound_is_reported(tmp_pat
     assert [(p["cell"], p["method"]) for p in problems] == [("suite=babi, scale=cpu, backbone=llama 1x64, task.qa=2, task.pairs=8",
                                                               "rmt x1")], problems
     assert "| llama 1x64 " in table2_markdown(frame, "cpu") and "| mamba 1x64 " in table2_markdown(frame, "cpu")
+
+
+def test_claim_verdicts_on_known_cases():
+    import pandas as pd
+    from plots.claims import Cell, claim_1, claim_4, claim_5
+
+    cells = {("gradmem K=1", 16): Cell(95.0, 1.0, 3), ("rmt x1 + recon", 16): Cell(30.0, 20.0, 3),
+             ("gradmem 1st-order K=1", 16): Cell(50.0, 10.0, 3), ("query_only", 16): Cell(2.5, 0.5, 3)}
+    assert claim_1(cells).startswith("**supported** at 16 pairs")
+    cells["rmt x1 + recon", 16] = Cell(80.0, 20.0, 3)   # intervals overlap
+    assert claim_1(cells).startswith("**not separated**")
+    assert claim_4(cells).startswith("**weaker, not a failure**")
+    cells["gradmem 1st-order K=1", 16] = Cell(5.0, 2.0, 3)
+    assert claim_4(cells).startswith("**supported: first order at chance**")
+    steps = pd.DataFrame({"task.pairs": 8, "axis_trained": 1, "axis_value": [1, 2, 30],
+                          "em_mean": [0.80, 0.70, 0.97], "em_ci": [0.02, 0.02, 0.01], "seeds": 3})
+    assert claim_5(steps) == ("**supported** (K_train=1, 8 pairs): K=1 80.0 ± 2.0 -> K=30 97.0 ± 1.0; "
+                              "K=1 -> 2: 80.0 ± 2.0 -> 70.0 ± 2.0")
+
+
+def test_the_claims_block_renders_every_claim_for_every_scale(tmp_path):
+    from plots.readme import refresh
+    frame = store.load(tmp_path)   # no results: every verdict says so, the paper's column is read
+    markdown = refresh("<!-- generated: claims cpu chars -->\n<!-- end generated -->\n", frame)
+    assert markdown.count("\n| ") == 6 and "cpu scale" in markdown and "chars scale" in markdown
+    assert "no capacity results" in markdown and "**supported** at 96 pairs" in markdown

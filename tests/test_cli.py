@@ -206,22 +206,29 @@ def test_resume_after_crash_finishes_the_rest_and_repeats_none(tmp_path, monkeyp
     assert (frame["status"] == "finished").all()
 
 
-def test_a_run_killed_mid_training_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+def kill_once_at_step(monkeypatch, step: int, which=lambda trainer: True) -> list:
+    """Make the first trainer that `which` accepts die (Ctrl-C) when it reaches `step`, once; the
+    returned list records each step run ("died" where it died)."""
     from harness.train import Trainer
-    data = {**TINY, "runs": [{"method": {"name": "gradmem", "memory_size": 2}}]}
-    data = modified(data, "train", steps=9, eval_every=3)
-    suite = write_suite(tmp_path, data)
     real_step = Trainer.train_step
     steps_run = []
 
     def dying_step(self, task):
-        if self.state["step"] == 7 and not steps_run.count("died"):
+        if which(self) and self.state["step"] == step and "died" not in steps_run:
             steps_run.append("died")
             raise KeyboardInterrupt
         steps_run.append(self.state["step"])
         return real_step(self, task)
 
     monkeypatch.setattr(Trainer, "train_step", dying_step)
+    return steps_run
+
+
+def test_a_run_killed_mid_training_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    data = {**TINY, "runs": [{"method": {"name": "gradmem", "memory_size": 2}}]}
+    data = modified(data, "train", steps=9, eval_every=3)
+    suite = write_suite(tmp_path, data)
+    steps_run = kill_once_at_step(monkeypatch, 7)
     assert run(["--suite", suite], tmp_path) == 130   # Ctrl-C: one line, exit 130
     assert run(["--suite", suite], tmp_path) == 0
     # steps 0-6 ran, the crash at step 7 lost nothing before the checkpoint at step 6

@@ -14,7 +14,7 @@ import yaml
 
 from harness import store
 from harness.cli import main
-from tests.test_cli import TINY, modified, run, summaries, write_suite
+from tests.test_cli import TINY, kill_once_at_step, modified, run, summaries, write_suite
 
 REPO = Path(__file__).resolve().parent.parent
 ONE_RUN = {**TINY, "runs": [{"method": {"name": "full_context"}}]}
@@ -73,19 +73,8 @@ def test_plots_on_a_missing_or_empty_results_folder_exit_2_and_write_nothing(tmp
 # ---------------------------------------------------------------- damaged checkpoints
 def _killed_at_step_7(tmp_path, monkeypatch):
     """A 9-step run killed at step 7: checkpoints at steps 3 (previous.pt) and 6 (last.pt)."""
-    from harness.train import Trainer
     suite = write_suite(tmp_path, modified(ONE_RUN, "train", steps=9, eval_every=3))
-    real_step = Trainer.train_step
-    steps_run = []
-
-    def step(self, task):
-        if self.state["step"] == 7 and "died" not in steps_run:
-            steps_run.append("died")
-            raise KeyboardInterrupt
-        steps_run.append(self.state["step"])
-        return real_step(self, task)
-
-    monkeypatch.setattr(Trainer, "train_step", step)
+    steps_run = kill_once_at_step(monkeypatch, 7)
     assert run(["--suite", suite], tmp_path) == 130   # Ctrl-C: one line, exit 130
     [folder] = (tmp_path / "cache" / "checkpoints").iterdir()
     assert {p.name for p in folder.glob("*.pt")} >= {"last.pt", "previous.pt"}
@@ -286,23 +275,12 @@ def test_a_sweep_stopped_at_its_deadline_resumes_to_the_same_summaries(tmp_path,
 
 
 def test_a_tuning_cell_cut_short_resumes_from_its_checkpoint(tmp_path, monkeypatch):
-    from harness.train import Trainer
     data = modified({**TINY, "runs": [{"method": {"name": "full_context"}}]}, "train", steps=6, eval_every=3,
                     tune={"grid": {"lr": [1e-3]}, "steps": 6})
     suite = write_suite(tmp_path, data)
-    real_step = Trainer.train_step
-    steps_run = []
-
-    def step(self, task):
-        if self.label.startswith("tune") and self.state["step"] == 4 and "died" not in steps_run:
-            steps_run.append("died")
-            raise KeyboardInterrupt
-        steps_run.append((self.label[:4], self.state["step"]))
-        return real_step(self, task)
-
-    monkeypatch.setattr(Trainer, "train_step", step)
+    steps_run = kill_once_at_step(monkeypatch, 4, lambda trainer: trainer.label.startswith("tune"))
     assert run(["--suite", suite], tmp_path) == 130
     assert run(["--suite", suite], tmp_path) == 0
     after = steps_run[steps_run.index("died") + 1:]
-    assert [s for label, s in after if label == "tune"][:3] == [3, 4, 5]   # from the checkpoint at step 3
+    assert after[:3] == [3, 4, 5]   # the cell resumed from its checkpoint at step 3, then the run trained
     assert not list((tmp_path / "cache" / "checkpoints").glob("tune-*/last.pt"))   # done: no resume point left

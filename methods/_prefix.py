@@ -54,7 +54,8 @@ def write_slot_sequence(memory_inputs: torch.Tensor, context_embeddings: torch.T
     sequence = torch.cat([memory_inputs, context_embeddings, torch.zeros_like(memory_inputs)], dim=1)
     positions = m + lengths[:, None] + torch.arange(m, device=lengths.device)
     rows = torch.arange(batch, device=lengths.device)[:, None].expand(-1, m)
-    return sequence.index_put((rows, positions), memory_inputs), (rows, positions)
+    # under bf16 autocast the memory map's output is bf16 and the embeddings fp32 (cat promotes)
+    return sequence.index_put((rows, positions), memory_inputs.to(sequence.dtype)), (rows, positions)
 
 
 class PrefixMemoryMethod(Method):

@@ -52,6 +52,19 @@ def test_every_trainable_parameter_gets_a_gradient(name, compact_task):
     assert not missing, missing
 
 
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_trains_a_step_under_bf16_autocast(name, compact_task):
+    """The trainer's `precision: bf16` (autocast): a training step runs and its loss is finite
+    (RMT's write once mixed a bf16 memory map output into an fp32 sequence and failed)."""
+    from harness.pipeline import training_loss
+    method = _method(name, compact_task, torch.float32).train()
+    batch = collate(compact_task.examples("train", 4, 0), compact_task, "all")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = training_loss(method, batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
 def test_full_context_reads_the_same_logits_as_the_plain_model(paper_task):
     method = _method("full_context", paper_task).eval()
     examples = [paper_task.examples("test", 1, s)[0] for s in range(2)]

@@ -45,7 +45,8 @@ def _timed_ms(device: str, call) -> float:
 def measure(spec, stage: int, device: str, steps: int, warmup: int) -> dict:
     """Medians (ms) over `steps` rounds, after `warmup`, of `spec`'s curriculum stage `stage` on
     `device`: the batch, the model step on a ready batch, the trainer's step, and the trainer's step
-    minus the model step timed right before it (paired, so a slow patch of the machine cancels)."""
+    minus the model step timed beside it (paired, the order alternating, so a slow patch of the
+    machine and an order effect cancel)."""
     from harness.allocator import retain_freed_memory
     from harness.builder import build_run, seed_everything
     from harness.schema import EvalConfig, TrainConfig
@@ -63,8 +64,12 @@ def measure(spec, stage: int, device: str, steps: int, warmup: int) -> dict:
     for index in range(warmup + steps):
         trainer.state["step"] = index   # each round draws its own batch, as training does
         batch = _timed_ms(device, lambda: trainer.train_batch(stage_task))
-        model = _timed_ms(device, lambda: trainer.optimise(ready))
-        whole = _timed_ms(device, lambda: trainer.train_step(stage_task))
+        if index % 2:   # alternate which of the pair runs first, so an order effect cancels
+            whole = _timed_ms(device, lambda: trainer.train_step(stage_task))
+            model = _timed_ms(device, lambda: trainer.optimise(ready))
+        else:
+            model = _timed_ms(device, lambda: trainer.optimise(ready))
+            whole = _timed_ms(device, lambda: trainer.train_step(stage_task))
         if index >= warmup:
             rounds.append((batch, model, whole, whole - model))
     batch, model, whole, host = (statistics.median(column) for column in zip(*rounds))

@@ -404,9 +404,16 @@ def backbone_label(frame: pd.DataFrame) -> pd.Series:
     return frame.apply(one, axis=1).str.strip()
 
 
+def bound_of(method: str) -> str | None:
+    """'upper' / 'lower' for a registered method that declares itself a bound (`Method.bound`)."""
+    from harness import registry
+    registry.discover()
+    return getattr(registry.METHODS.get(method), "bound", None)
+
+
 def bound_violations(frame: pd.DataFrame, tolerance: float = 0.01) -> list[dict]:
-    """Cells where a memory method beats the full-context bound of its own backbone: mean exact
-    match above the bound's by more than `tolerance` plus both 95% half-widths. A cell is a
+    """Cells where a memory method beats the upper bound (`Method.bound`: full context) of its own
+    backbone: mean exact match above the bound's by more than `tolerance` plus both 95% half-widths. A cell is a
     suite, scale and task setting (bAbI / SQuAD: the final stage; KV: the pairs count) at the
     trained write setting. Methods on another backbone (Mamba, its own recurrent model) are
     compared with their own backbone's full-context row, where there is one; runs of an old
@@ -425,10 +432,10 @@ def bound_violations(frame: pd.DataFrame, tolerance: float = 0.01) -> list[dict]
     keys = ["suite", "scale", "backbone", *setting]
     table = summarise(frame, keys + ["label", "method"])
     problems = []
-    for cell_key, group in table.groupby(keys):
-        bound = group[group["method"] == "full_context"]
-        for _, b in bound.iterrows():
-            for _, m in group[group["method"] != "full_context"].iterrows():
+    upper = table["method"].map(lambda name: bound_of(name) == "upper")
+    for cell_key, group in table.assign(upper=upper).groupby(keys):
+        for _, b in group[group["upper"]].iterrows():
+            for _, m in group[~group["upper"]].iterrows():
                 margin = tolerance + np.nan_to_num(b.em_ci) + np.nan_to_num(m.em_ci)
                 if m.em_mean > b.em_mean + margin:
                     where = ", ".join(f"{k}={int(v) if isinstance(v, float) else v}"

@@ -13,8 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from harness import registry  # noqa: E402
-from harness.report import capacity, capacity_frame, labels, paper_fig4a, paper_table1, summarise  # noqa: E402
+from harness.report import (bound_of, capacity, capacity_frame, labels, paper_fig4a, paper_table1,  # noqa: E402
+                            summarise)
 from matplotlib.lines import Line2D  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -22,11 +22,12 @@ log = logging.getLogger(__name__)
 
 def save_figure(fig, path: Path, right: float = 1.0, dpi: int = 120) -> Path:
     """Lay out (the right margin from `right` on left free, e.g. for a legend), write the PNG and
-    a vector copy beside it (SVG), and close."""
+    a vector copy beside it (SVG, without a date: regenerating changes nothing), and close."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout(rect=(0, 0, right, 1))
     fig.savefig(path, dpi=dpi)
-    fig.savefig(path.with_suffix(".svg"))
+    with plt.rc_context({"svg.hashsalt": "harness"}):   # the same figure gives the same file
+        fig.savefig(path.with_suffix(".svg"), metadata={"Date": None})
     plt.close(fig)
     log.info("wrote %s (and .svg)", path)
     return path
@@ -55,12 +56,6 @@ def _axis_name(frame: pd.DataFrame) -> str:
 
 COLLAPSE_HANDLES = [Line2D([], [], ls="", marker="x", color="black", label="seed collapsed in training"),
                     Line2D([], [], ls="", marker="o", mfc="none", color="black", label="a seed of the point collapsed")]
-
-
-def _bound_of(method: str) -> str | None:
-    """'upper' / 'lower' for a method class that declares itself a bound (`Method.bound`), else None."""
-    cls = registry.METHODS.get(method)
-    return getattr(cls, "bound", None) if cls is not None else None
 
 
 def _family(label: str) -> str:
@@ -103,7 +98,7 @@ def exact_match_vs_pairs(frame: pd.DataFrame, scale: str, out: Path) -> Path | N
         return None
     named = runs[runs["scale"] == scale]
     method_of = dict(zip(labels(named), named["method"]))
-    bounds = {label: _bound_of(method_of.get(label, "")) for label in table["label"].unique()}
+    bounds = {label: bound_of(method_of.get(label, "")) for label in table["label"].unique()}
     families: dict[str, list[str]] = {}
     for label in sorted(table["label"].unique()):
         if not bounds[label]:
@@ -167,7 +162,7 @@ def capacity_vs_memory(frame: pd.DataFrame, scale: str, out: Path) -> Path | Non
                      "collapsed": int(cap["collapsed"].sum()), "seeds": per_seed})
     points = pd.DataFrame(rows)
     method_of = dict(zip(subset["label"], subset["method"]))
-    sizes = points[[not _bound_of(method_of.get(label, "")) for label in points["label"]]]
+    sizes = points[[not bound_of(method_of.get(label, "")) for label in points["label"]]]
     if sizes.empty or sizes.groupby("label")["floats"].nunique().max() < 2:
         return None   # no memory method at two sizes: nothing to read off a size axis
     fig, ax = plt.subplots(figsize=(8, 5))

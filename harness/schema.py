@@ -194,7 +194,7 @@ def resolve_section(section: str, values: dict, where: str) -> dict:
 
 
 LEGACY_KEYS = {"eval": {"write_steps": "write_settings"}}
-"""Spec keys renamed since results were written: {section: {old key: new key}}. `reindex` applies
+"""Spec keys renamed since results were written: {section: {old key: new key}}. `migrations.reindex` applies
 them to each config.yaml before resolving it (eval.write_steps, the write-axis values to evaluate,
 became eval.write_settings: GradMem's method field `write_steps` is its K and keeps its name)."""
 

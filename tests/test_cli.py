@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from harness import runner, store
+from migrations.reindex import reindex
 from harness.cli import main
 from harness.errors import HarnessError
 
@@ -273,7 +274,7 @@ def test_run_ids_ignore_defaults_and_survive_new_options(tmp_path):
     assert run(["--suite", write_suite(tmp_path)], tmp_path) == 0
     folder = summaries(tmp_path)[0].parent
     stale = folder.rename(folder.parent / "0123456789ab")
-    assert store.reindex(tmp_path / "results") == [("0123456789ab", folder.name)]
+    assert reindex(tmp_path / "results") == [("0123456789ab", folder.name)]
     assert json.loads((folder / "summary.json").read_text())["run_id"] == folder.name
     assert not stale.exists()
 
@@ -309,9 +310,9 @@ def test_reindex_migrates_the_legacy_eval_write_steps_key(tmp_path):
     untouched = untouched.rename(untouched.parent / other_id)
     before = {p.name: p.read_bytes() for p in untouched.iterdir()}
 
-    assert store.reindex(tmp_path / "results", tmp_path / "cache", suites=["other"]) == []
+    assert reindex(tmp_path / "results", tmp_path / "cache", suites=["other"]) == []
     assert old.exists()
-    assert store.reindex(tmp_path / "results", tmp_path / "cache") == [(old_id, folder.name)]
+    assert reindex(tmp_path / "results", tmp_path / "cache") == [(old_id, folder.name)]
     assert not old.exists() and folder.exists()
     assert (tmp_path / "cache" / "checkpoints" / folder.name).exists()
     config = yaml.safe_load((folder / "config.yaml").read_text())
@@ -320,7 +321,7 @@ def test_reindex_migrates_the_legacy_eval_write_steps_key(tmp_path):
     assert migrated["run_id"] == folder.name and migrated["spec"] == config
     assert migrated["stages"] == summary["stages"]
     assert {p.name: p.read_bytes() for p in untouched.iterdir()} == before
-    assert store.reindex(tmp_path / "results", tmp_path / "cache") == []
+    assert reindex(tmp_path / "results", tmp_path / "cache") == []
 
 
 def test_a_torn_last_curve_line_is_dropped_on_resume(tmp_path, monkeypatch):

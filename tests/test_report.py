@@ -10,7 +10,8 @@ import yaml
 from harness import registry, store
 from harness.cli import main
 from harness.contract import Memory, Method
-from harness.describe import describe_spec, describe_summaries
+from harness.describe import describe_spec
+from migrations.describe_summaries import describe_summaries
 from harness.errors import HarnessError
 from harness.report import (COLLAPSE_NOTE, bound_violations, capacity, memsize_markdown, paper_fig4a_markdown, paper_table1,
                             steps_markdown, table1_beside_paper_markdown, table1_markdown, table2_markdown,

@@ -279,8 +279,8 @@ def test_use_tokenizer_overrides_a_property_or_a_cached_property():
 
 
 def test_probe_groups_questions_by_form_with_answer_words_blanked():
-    """bench.probe_plateau --by-query-form: QA4's two question forms per direction, every question once."""
-    from bench.probe_plateau import query_forms
+    """bench.probes.probe_plateau --by-query-form: QA4's two question forms per direction, every question once."""
+    from bench.probes.probe_plateau import query_forms
     examples = make_babi(qa=4).examples("valid", 400, seed=0)
     forms = query_forms(examples)
     assert set(forms) == {f"What is {d} of the _ ?" for d in ("north", "south", "east", "west")} | \
@@ -301,13 +301,13 @@ def test_probe_groups_questions_by_form_with_answer_words_blanked():
      "held, holder moved 1 times after (changed hands)"),
 ])
 def test_qa2_error_kinds_name_what_the_answer_needs(story, obj, kind):
-    """bench.babi_errors: the object's last holder, held or dropped, and its moves after."""
-    from bench.babi_errors import question_kind
+    """bench.probes.babi_errors: the object's last holder, held or dropped, and its moves after."""
+    from bench.probes.babi_errors import question_kind
     assert question_kind(story, obj) == kind
 
 
 def test_qa2_wrong_answers_are_named_by_whose_place_they_are():
-    from bench.babi_errors import wrong_answer_kind
+    from bench.probes.babi_errors import wrong_answer_kind
     story = ("Mary went to the office. John went to the kitchen. Sandra moved to the hallway. "
              "John got the milk there. John moved to the garden. Mary went to the bedroom.")
     assert wrong_answer_kind(story, "milk", "kitchen") == "an earlier place of the holder"
@@ -317,9 +317,9 @@ def test_qa2_wrong_answers_are_named_by_whose_place_they_are():
 
 
 def test_qa3_trail_replayed_from_the_story_gives_every_generated_answer():
-    """bench.babi_errors replays an object's trail from the statements: its last place is the
+    """bench.probes.babi_errors replays an object's trail from the statements: its last place is the
     one a QA3 question names and the one before is the answer, on every generated question."""
-    from bench.babi_errors import _statements, object_trail
+    from bench.probes.babi_errors import _statements, object_trail
     task = make_babi(qa=3, story_sentences=12)
     questions = [(e.context, q) for e in task.examples("train", 300, 0) for q in e.queries]
     assert len(questions) > 300
@@ -331,7 +331,7 @@ def test_qa3_trail_replayed_from_the_story_gives_every_generated_answer():
 
 
 def test_qa3_error_kinds_name_the_trail_and_whose_place_a_wrong_answer_is():
-    from bench.babi_errors import trail_question_kind, trail_wrong_answer_kind
+    from bench.probes.babi_errors import trail_question_kind, trail_wrong_answer_kind
     story = ("Mary went to the office. John went to the kitchen. John got the milk there. "
              "John moved to the garden. John dropped the milk. John went to the hallway. "
              "Sandra went to the garden. Sandra took the milk there. Sandra went to the bedroom.")
@@ -346,9 +346,9 @@ def test_qa3_error_kinds_name_the_trail_and_whose_place_a_wrong_answer_is():
 
 
 def test_qa1_error_kinds_count_the_actor_moves_and_the_statements_after():
-    """bench.babi_errors on QA1: the asked actor's moves, the statements after its latest, and
+    """bench.probes.babi_errors on QA1: the asked actor's moves, the statements after its latest, and
     whose place a wrong answer is; its kind agrees with the generator's answer on every question."""
-    from bench.babi_errors import _statements, actor_question_kind, actor_wrong_answer_kind
+    from bench.probes.babi_errors import _statements, actor_question_kind, actor_wrong_answer_kind
     story = ("Mary went to the office. John went to the kitchen. Mary moved to the garden. "
              "Sandra went to the hallway. Daniel journeyed to the bedroom.")
     assert actor_question_kind(story, "Mary") == "moved 2 times, 2 statements after its last move"

@@ -432,7 +432,7 @@ def test_a_run_may_narrow_the_suite_sweep(tmp_path):
 
 def test_a_suite_writes_floats_in_exponent_form_without_a_dot(tmp_path):
     """YAML 1.1 (PyYAML) reads `3e-3` as text; a suite file and a probe's KEY=VALUE read it as 0.003."""
-    from bench.probe_plateau import setting
+    from bench.probes.probe_plateau import setting
     from harness.suite import expand_suite
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(TINY).replace("lr: 0.001", "lr: 3e-3"))

@@ -9,7 +9,7 @@ on after the drop), and whether it changed hands. QA3 ("Where was the milk befor
 garden?"): how many places the object's trail has and whether it changed hands. Each wrong
 answer is named by whose place it is.
 
-    python -m bench.babi_errors results/babi/5838de9b963c --stage 4 --stories 2000
+    python -m bench.probes.babi_errors results/babi/5838de9b963c --stage 4 --stories 2000
 """
 from __future__ import annotations
 

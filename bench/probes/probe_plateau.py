@@ -7,10 +7,10 @@ evaluation, the written memory's RMS against the token embeddings', and with `--
 the best weights' validation exact match per question form (the question with every answer word
 blanked: bAbI QA4's 'What is north of the _ ?' against 'What is the _ north of ?').
 
-    python -m bench.probe_plateau --method rmt --set memory_source=residual --seeds 0 1 2
-    python -m bench.probe_plateau --method rmt --set reconstruction_weight=1.0 --stage pairs=4 \
+    python -m bench.probes.probe_plateau --method rmt --set memory_source=residual --seeds 0 1 2
+    python -m bench.probes.probe_plateau --method rmt --set reconstruction_weight=1.0 --stage pairs=4 \
         --backbone layers=4 hidden=128 ffn=512   # the paper's backbone shape
-    python -m bench.probe_plateau --suite babi --method gradmem --match write_steps=2 \
+    python -m bench.probes.probe_plateau --suite babi --method gradmem --match write_steps=2 \
         --set inner_lr=0.4 --steps 1500      # bAbI QA1, 2-statement stories
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 precision from the same seed, their final training loss and validation exact match side by side.
 A method whose bf16 run ends far from its fp32 one (or diverges) should not be run in bf16.
 
-    python -m bench.precision_check                    # CPU (bf16 autocast on the CPU is slow but exact enough to compare)
+    python -m bench.precision_check                    # CPU: bf16 autocast is slow there, exact enough to compare
     python -m bench.precision_check --device cuda --steps 300
 
 Writes results/bench/precision_<device>.json and prints a table.

@@ -70,7 +70,8 @@ def print_plan(specs, out: Path, device: str | None = None, suite: str | None = 
     total, left, tunings = 0, 0, {}
     for spec in specs:
         done = is_done(out, spec)
-        state = "done" if done else "damaged" if store.summary_state(out, spec.suite, spec.run_id) == "damaged" else "todo"
+        damaged = not done and store.summary_state(out, spec.suite, spec.run_id) == "damaged"
+        state = "done" if done else "damaged" if damaged else "todo"
         tune = spec.train.get("tune")
         if tune and not done and tune_id(spec) not in tunings:   # the grid cells not cached yet
             tunings[tune_id(spec)] = step_costs.tuning_cells_left(out, spec) * tune["steps"] * spec.train["batch_size"]

@@ -9,9 +9,11 @@ pairs start from the checkpoint of fewer). A stage collapses when its validation
 falls more than `collapse_drop` below the stage's best, or when the training loss rises above
 the task's chance level after having been below it; the run is then recorded `collapsed` (its
 scores still come from the best weights). A checkpoint after every evaluation lets a killed run
-resume where it stopped (the one before it is kept: a last checkpoint that does not load falls back
-to it, then to a fresh start, with a warning naming the file); training batches are a function of (seed, step), so the resumed run
-sees the same data.
+resume where it stopped (the one before it is kept: a last checkpoint that does not load falls
+back to it, then to a fresh start, with a warning naming the file); training batches are a
+function of (seed, step), so the resumed run sees the same data. Training losses stay on the
+device until an evaluation reads them back, once per interval; `deadline` stops a run before its
+next step (DeadlineReached) at its last checkpoint.
 """
 from __future__ import annotations
 

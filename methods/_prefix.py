@@ -11,10 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from harness.typed import non_negative
-from harness.contract import Memory, Method
-from harness.errors import HarnessError
-from harness.pipeline import sequence_loss
+from harness.api import HarnessError, Memory, Method, non_negative, sequence_loss
 
 
 MAX_MEMORY_SIZE = 4096   # memory vectors; far above any setting of the paper (<= 32)

@@ -57,9 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.contract import Memory
-from harness.errors import HarnessError
-from harness.registry import register_method
+from harness.api import HarnessError, Memory, register_method
 from methods._prefix import PrefixMemoryConfig, PrefixMemoryMethod, reconstruction_suffix, write_slot_sequence
 
 

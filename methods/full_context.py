@@ -26,11 +26,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from harness.contract import Memory, Method
-from harness.errors import HarnessError
-from harness.pipeline import sequence_loss
-from harness.registry import register_method
-from harness.typed import non_negative
+from harness.api import HarnessError, Memory, Method, non_negative, register_method, sequence_loss
 from methods._prefix import reconstruction_suffix
 
 # attention implementations that add a custom 4D float mask to the scores as given

@@ -18,11 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from harness.typed import non_negative, positive
-from harness.contract import Memory
-from harness.errors import HarnessError
-from harness.pipeline import at_least_fp32
-from harness.registry import register_method
+from harness.api import HarnessError, Memory, at_least_fp32, non_negative, positive, register_method
 from methods._prefix import PrefixMemoryConfig, PrefixMemoryMethod, reconstruction_suffix
 
 

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from harness.contract import Memory, Method
-from harness.registry import register_method
+from harness.api import Memory, Method, register_method
 
 
 @dataclass

@@ -6,8 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from harness.contract import Memory, Method
-from harness.registry import register_method
+from harness.api import Memory, Method, register_method
 
 
 @dataclass

@@ -14,9 +14,7 @@ from typing import Literal
 
 import torch
 
-from harness.contract import Memory
-from harness.errors import HarnessError
-from harness.registry import register_method
+from harness.api import HarnessError, Memory, register_method
 from methods._prefix import PrefixMemoryConfig, PrefixMemoryMethod, reconstruction_suffix, write_slot_sequence
 
 

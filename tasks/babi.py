@@ -16,10 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
-from harness.contract import Example, Query, Task
-from harness.data import Codec, read_once
-from harness.errors import HarnessError
-from harness.registry import register_task
+from harness.api import Codec, Example, HarnessError, Query, Task, read_once, register_task
 
 ACTORS = ("Mary", "John", "Sandra", "Daniel")
 GIVERS = ("Mary", "John", "Fred", "Bill", "Jeff")

@@ -20,10 +20,7 @@ from typing import Literal, Sequence
 
 import torch
 
-from harness.contract import Example, Query, Task
-from harness.data import Batch, Codec
-from harness.errors import HarnessError
-from harness.registry import register_task
+from harness.api import Batch, Codec, Example, HarnessError, Query, Task, register_task
 from tasks import _kv_tensors as kv_tensors
 
 PAPER_ALPHABET = string.ascii_lowercase + string.ascii_uppercase + string.digits

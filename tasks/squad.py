@@ -21,10 +21,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from harness.contract import Example, Query, Task
-from harness.data import Codec, read_once
-from harness.errors import HarnessError
-from harness.registry import register_task
+from harness.api import Codec, Example, HarnessError, Query, Task, read_once, register_task
 from harness.text_metrics import normalize_answer, squad_em_f1  # noqa: F401 (re-exported)
 
 SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[A-Z0-9\"'(])")

@@ -181,7 +181,7 @@ def test_scores(summary: dict) -> str:
     """'pairs=2 99.8, pairs=4 97.1': each stage's test exact match (%) at the trained write setting."""
     parts = []
     for stage, override in zip(summary["stages"], summary["spec"]["train"].get("curriculum") or [{}]):
-        metrics = next(iter(stage["eval"].values()), None) if stage["eval"] else None
+        metrics = next(iter(stage["eval"].values()), None)
         if metrics is not None:
             where = ",".join(f"{k}={v}" for k, v in override.items() if k != "train_key_overlap") or "test"
             parts.append(f"{where} {100 * metrics['exact_match']:.1f}")

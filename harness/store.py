@@ -82,29 +82,33 @@ def read_summary(path: Path) -> dict:
         raise DamagedSummary(f"{path}: not a whole JSON file ({type(error).__name__}: {error})") from None
     if not isinstance(summary, dict):
         raise DamagedSummary(f"{path}: a JSON {type(summary).__name__}, not a summary object")
-    missing = [key for key in ("run_id",) if key not in summary]
+    missing = [] if "run_id" in summary else ["run_id"]
     if "kind" not in summary:
-        missing += [key for key in ("status",) if key not in summary]
+        missing += [] if "status" in summary else ["status"]
         spec = summary.get("spec")
         if not isinstance(spec, dict) or not {"suite", "scale", "method", "task", "seed"} <= set(spec):
             missing.append("spec.{suite, scale, method, task, seed}")
         if not isinstance(summary.get("stages"), list):
             missing.append("stages")
     if missing:
-        raise DamagedSummary(f"{path}: not a summary (missing {', '.join(dict.fromkeys(missing))})")
+        raise DamagedSummary(f"{path}: not a summary (missing {', '.join(missing)})")
     return summary
 
 
-def summary_state(out: Path, suite: str, run_id: str) -> str:
-    """'finished' (its summary reads back valid), 'damaged' (a summary.json that does not) or 'missing'."""
-    path = run_dir(out, suite, run_id) / "summary.json"
-    if not path.exists():
+def record_state(path: Path) -> str:
+    """'finished' (the summary at `path` reads back valid), 'damaged' (a file that does not) or 'missing'."""
+    if not Path(path).exists():
         return "missing"
     try:
         read_summary(path)
     except DamagedSummary:
         return "damaged"
     return "finished"
+
+
+def summary_state(out: Path, suite: str, run_id: str) -> str:
+    """`record_state` of a run's summary.json."""
+    return record_state(run_dir(out, suite, run_id) / "summary.json")
 
 
 def is_finished(out: Path, suite: str, run_id: str) -> bool:

@@ -150,9 +150,9 @@ def tune(spec: RunSpec, out: Path, device: str = "cpu", deadline: float | None =
             "tune_id": tune_id(spec), "grid": tune_spec["grid"], "steps": tune_spec["steps"],
             "seed": tune_spec.get("seed", 0), "method": spec.method, "cells": []}
         stages = tuning_stages(spec)
-        for cell in cells_left(spec, record):
-            log.info("%s: tuning cell %d of %d: %s", spec.label(), len(grid_cells(tune_spec)) -
-                     len(cells_left(spec, record)) + 1, len(grid_cells(tune_spec)), cell)
+        left, total = cells_left(spec, record), len(grid_cells(tune_spec))
+        for number, cell in enumerate(left, total - len(left) + 1):
+            log.info("%s: tuning cell %d of %d: %s", spec.label(), number, total, cell)
             scores = train_cell(cell_spec(spec, cell, stages), device, deadline, cache_dir, progress)
             log.info("%s: tuning %s: validation EM %s", spec.label(), cell,
                      " then ".join(f"{s['valid_em']:.3f}" for s in scores))

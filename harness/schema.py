@@ -37,6 +37,9 @@ class TrainConfig:
     advance_em: float = 0.95          # a stage ends when validation exact match reaches this
     stage_steps: int | list[int] | None = None  # step budget of one stage, or one per stage
                                                 # (a list as long as the curriculum; None: what is left)
+    warmup_stages: int = 0            # the first this many curriculum stages train (validation,
+                                      # patience) but are not scored on the test split: a warm-up
+                                      # the tables leave out (the paper's tables start past it)
     collapse_drop: float | None = 0.2  # a stage collapses when validation EM falls this far below
                                       # its best (None: only the loss-above-chance rule)
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -62,6 +65,9 @@ class TrainConfig:
                                    f"curriculum stage ({stages}), or be one number for every stage")
         elif self.stage_steps is not None and self.stage_steps < 1:
             raise HarnessError(f"{where}.stage_steps = {self.stage_steps} must be >= 1")
+        if not 0 <= self.warmup_stages < max(len(self.curriculum), 1):
+            raise HarnessError(f"{where}.warmup_stages = {self.warmup_stages} must leave at least one of the "
+                               f"{max(len(self.curriculum), 1)} curriculum stages scored")
 
 
 def stage_budget(train: dict, stage: int) -> int:

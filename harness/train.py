@@ -5,7 +5,7 @@ exact match reaches `advance_em` (the last stage: `target_em`), when `patience` 
 without improvement, or when its step budget `stage_steps` runs out (one number, or one per
 stage; the same budgets for every method of a suite); the best weights of the stage are kept,
 evaluated on the test split, and the next stage starts from them (as the paper's runs for more
-pairs start from the checkpoint of fewer). A stage collapses when its validation exact match
+pairs start from the checkpoint of fewer); the first `warmup_stages` stages are not scored. A stage collapses when its validation exact match
 falls more than `collapse_drop` below the stage's best, or when the training loss rises above
 the task's chance level after having been below it; the run is then recorded `collapsed` (its
 scores still come from the best weights). A checkpoint after every evaluation lets a killed run
@@ -211,7 +211,8 @@ class Trainer:
         if s["best_state"] is not None:
             self.method.load_state_dict(s["best_state"])
         metrics = {}
-        if self.test_at_stage_end:
+        warmup = s["stage"] < self.config.warmup_stages
+        if self.test_at_stage_end and not warmup:
             test = task.examples("test", self.eval_config.examples, seed=TEST_SEED)
             settings = self.eval_config.write_settings or self.method.eval_write_settings()
             metrics = evaluate(self.method, task, test, settings, self.eval_config.batch_size,
@@ -224,7 +225,7 @@ class Trainer:
         s["stage_results"].append({"stage": s["stage"], "task": task_params, "steps": s["stage_step"],
                                    "best_valid_em": s["best_em"], "best_step": s["best_step"],
                                    "final_valid_em": s.get("last_em"), "collapsed": collapse is not None,
-                                   "eval": metrics})
+                                   "warmup": warmup, "eval": metrics})
         s.update(stage=s["stage"] + 1, stage_step=0, best_em=-1.0, since_best=0, best_state=None,
                  best_step=0, below_chance=False, collapse=None)
 

@@ -54,6 +54,17 @@ def test_a_list_of_stage_budgets_gives_each_stage_its_own(tmp_path):
     assert [s["steps"] for s in trainer.run()["stages"]] == [4, 2, 3]
 
 
+def test_warmup_stages_train_but_are_not_scored(tmp_path):
+    """warmup_stages 1: the 2-pair stage trains and validates, no test score, no table row."""
+    trainer = scripted_trainer(tmp_path, [0.1 * i for i in range(1, 7)], [1.0] * 6, steps=6, stage_steps=3,
+                               curriculum=[{"pairs": 2}, {"pairs": 3}], advance_em=1.0, warmup_stages=1)
+    warmup, scored = trainer.run()["stages"]
+    assert warmup["warmup"] and warmup["eval"] == {} and warmup["steps"] == 3
+    assert not scored["warmup"] and scored["eval"]["default"]["exact_match"] >= 0
+    with pytest.raises(HarnessError, match="at least one of the 2 curriculum stages scored"):
+        build(TrainConfig, {"warmup_stages": 2, "curriculum": [{"pairs": 2}, {"pairs": 3}]}, "train")
+
+
 @pytest.mark.parametrize("budgets", [[4, 2], [4, 0, 3]])
 def test_stage_budgets_must_be_one_positive_number_per_stage(budgets):
     with pytest.raises(HarnessError, match="one budget >= 1 per curriculum stage"):

@@ -77,7 +77,7 @@ def measure_key(spec, stage: int, device: str, steps: int, warmup: int, max_seco
         times = []
         for index in range(warmup + steps):
             seconds = _timed(device, lambda: trainer.train_step(stage_task))
-            trainer.state["step"] += 1
+            trainer.state.step += 1
             times.append(seconds)
             if max_seconds and seconds > max_seconds:
                 return {"skipped": f"a step took {seconds:.1f} s > --max-seconds {max_seconds:g}",

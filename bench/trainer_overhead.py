@@ -62,7 +62,7 @@ def measure(spec, stage: int, device: str, steps: int, warmup: int) -> dict:
     ready = trainer.train_batch(stage_task)
     rounds = []
     for index in range(warmup + steps):
-        trainer.state["step"] = index   # each round draws its own batch, as training does
+        trainer.state.step = index   # each round draws its own batch, as training does
         batch = _timed_ms(device, lambda: trainer.train_batch(stage_task))
         if index % 2:   # alternate which of the pair runs first, so an order effect cancels
             whole = _timed_ms(device, lambda: trainer.train_step(stage_task))

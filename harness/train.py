@@ -21,7 +21,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -38,6 +38,41 @@ log = logging.getLogger(__name__)
 TEST_SEED = 0   # every run of a task is scored on the same test examples, whatever its seed
 PREVIOUS = "previous.pt"   # the checkpoint before `last.pt`, kept as its fallback
 CHECKPOINT_KEYS = {"method", "optimizer", "scheduler", "state", "train"}
+
+
+@dataclass
+class TrainerState:
+    """Where a run stands: saved in every checkpoint, restored on resume."""
+    step: int = 0                       # optimiser steps over all stages
+    stage: int = 0                      # current curriculum stage
+    stage_step: int = 0                 # steps in the current stage
+    best_em: float = -1.0               # the stage's best validation exact match so far
+    best_step: int = 0                  # ... and its step
+    best_state: dict | None = None      # ... and its weights (on the CPU)
+    since_best: int = 0                 # evaluations without improvement (patience)
+    last_em: float | None = None        # the latest validation exact match
+    below_chance: bool = False          # the training loss has been below chance this stage
+    collapse: dict | None = None        # the stage's first collapse, if any
+    collapses: list = field(default_factory=list)       # every stage's collapse
+    stage_results: list = field(default_factory=list)   # one record per finished stage
+    train_seconds: float = 0.0
+    status: str = "running"             # running, diverged, finished, collapsed
+    diverged_step: int | None = None
+
+    def next_stage(self) -> None:
+        """Start the next curriculum stage: its counters and best weights start afresh."""
+        self.stage += 1
+        self.stage_step, self.best_em, self.best_step, self.best_state = 0, -1.0, 0, None
+        self.since_best, self.below_chance, self.collapse = 0, False, None
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}   # shallow: weights not copied
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainerState":
+        """A checkpoint's state; fields it lacks (added since) keep their defaults."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 class DeadlineReached(Exception):
@@ -77,10 +112,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, train))
         self.stages = train.curriculum or [{}]
         self._valid_sets: dict = {}
-        self.state = {"step": 0, "stage": 0, "stage_step": 0, "best_em": -1.0, "since_best": 0,
-                      "best_state": None, "stage_results": [], "train_seconds": 0.0,
-                      "status": "running", "diverged_step": None,
-                      "best_step": 0, "below_chance": False, "collapse": None, "collapses": []}
+        self.state = TrainerState()
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint_path(self) -> Path | None:
@@ -92,15 +124,15 @@ class Trainer:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         data = {"method": _cpu_state(self.method), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "state": self.state, "train": asdict(self.config)}
+                "scheduler": self.scheduler.state_dict(), "state": self.state.to_dict(), "train": asdict(self.config)}
         tmp = path.with_suffix(".tmp")
         torch.save(data, tmp)
         if path.exists():
             path.replace(path.with_name(PREVIOUS))   # the fallback when `last.pt` does not load
         tmp.replace(path)
-        if self.state["best_state"] is not None:
-            best = path.with_name(f"best_stage{self.state['stage']}.pt")
-            torch.save(self.state["best_state"], best.with_suffix(".tmp"))
+        if self.state.best_state is not None:
+            best = path.with_name(f"best_stage{self.state.stage}.pt")
+            torch.save(self.state.best_state, best.with_suffix(".tmp"))
             best.with_suffix(".tmp").replace(best)
 
     def discard_resume_point(self) -> None:
@@ -158,9 +190,9 @@ class Trainer:
         self.method.load_state_dict(data["method"])
         self.optimizer.load_state_dict(data["optimizer"])
         self.scheduler.load_state_dict(data["scheduler"])
-        self.state = {**self.state, **data["state"]}   # keys added since the checkpoint keep their defaults
+        self.state = TrainerState.from_dict(data["state"])   # fields added since keep their defaults
         store.atomic_write(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
-        log.info("%s: resumed at step %d (stage %d)", self.label, self.state["step"], self.state["stage"])
+        log.info("%s: resumed at step %d (stage %d)", self.label, self.state.step, self.state.stage)
         return True
 
     # ------------------------------------------------------------------ loop
@@ -170,7 +202,7 @@ class Trainer:
     def train_batch(self, task):
         """The training batch of the current step: a function of (seed, step) alone."""
         cfg = self.config
-        seed = self.seed * 1_000_003 + self.state["step"]
+        seed = self.seed * 1_000_003 + self.state.step
         batch = task.train_batch(cfg.batch_size, seed, cfg.queries_per_context)
         if batch is None:
             batch = collate(task.examples("train", cfg.batch_size, seed=seed), task, cfg.queries_per_context)
@@ -197,7 +229,7 @@ class Trainer:
         return torch.where(torch.isfinite(loss.detach()), read_loss.detach().float(), torch.nan)
 
     def validate(self, task) -> float:
-        stage = self.state["stage"]
+        stage = self.state.stage
         if stage not in self._valid_sets:  # the same validation set at every evaluation of a stage
             self._valid_sets[stage] = task.examples("valid", self.config.eval_examples, seed=0)
         valid = self._valid_sets[stage]
@@ -208,105 +240,104 @@ class Trainer:
         """Restore the stage's best weights, score them on the test split (unless `test_at_stage_end`
         is off, as in tuning) and move to the next stage."""
         s = self.state
-        if s["best_state"] is not None:
-            self.method.load_state_dict(s["best_state"])
+        if s.best_state is not None:
+            self.method.load_state_dict(s.best_state)
         metrics = {}
-        warmup = s["stage"] < self.config.warmup_stages
+        warmup = s.stage < self.config.warmup_stages
         if self.test_at_stage_end and not warmup:
             test = task.examples("test", self.eval_config.examples, seed=TEST_SEED)
             settings = self.eval_config.write_settings or self.method.eval_write_settings()
             metrics = evaluate(self.method, task, test, settings, self.eval_config.batch_size,
                                self.eval_config.queries_per_context, self.eval_config.generate, self.device)
         task_params = {k: v for k, v in vars(task.config).items()}
-        collapse = s["collapse"]
+        collapse = s.collapse
         if collapse is not None:
-            collapse["final_em"] = s["last_em"]
-            s["collapses"].append(collapse)
-        s["stage_results"].append({"stage": s["stage"], "task": task_params, "steps": s["stage_step"],
-                                   "best_valid_em": s["best_em"], "best_step": s["best_step"],
-                                   "final_valid_em": s.get("last_em"), "collapsed": collapse is not None,
+            collapse["final_em"] = s.last_em
+            s.collapses.append(collapse)
+        s.stage_results.append({"stage": s.stage, "task": task_params, "steps": s.stage_step,
+                                   "best_valid_em": s.best_em, "best_step": s.best_step,
+                                   "final_valid_em": s.last_em, "collapsed": collapse is not None,
                                    "warmup": warmup, "eval": metrics})
-        s.update(stage=s["stage"] + 1, stage_step=0, best_em=-1.0, since_best=0, best_state=None,
-                 best_step=0, below_chance=False, collapse=None)
+        s.next_stage()
 
     def check_collapse(self, em: float, loss: float, chance: float) -> None:
         """Record the stage's first collapse: validation EM `collapse_drop` below the stage's best,
         or the training loss above chance after having been below it."""
         s, drop = self.state, self.config.collapse_drop
         reason = None
-        if drop is not None and em < s["best_em"] - drop:
+        if drop is not None and em < s.best_em - drop:
             reason = "valid_em_drop"
-        elif s["below_chance"] and loss > chance:
+        elif s.below_chance and loss > chance:
             reason = "loss_above_chance"
-        s["below_chance"] = s["below_chance"] or loss < chance
-        if reason and s["collapse"] is None:
-            s["collapse"] = {"stage": s["stage"], "task": self.stages[s["stage"]], "step": s["step"],
-                             "best_em": s["best_em"], "best_step": s["best_step"], "reason": reason}
+        s.below_chance = s.below_chance or loss < chance
+        if reason and s.collapse is None:
+            s.collapse = {"stage": s.stage, "task": self.stages[s.stage], "step": s.step,
+                             "best_em": s.best_em, "best_step": s.best_step, "reason": reason}
             log.warning("%s: collapsed at step %d (%s; best validation EM %.3f at step %d, now %.3f)",
-                        self.label, s["step"], reason, s["best_em"], s["best_step"], em)
+                        self.label, s.step, reason, s.best_em, s.best_step, em)
 
     def run(self) -> dict:
         """Train through every stage; returns status, per-stage results, steps, seconds."""
         self.try_resume()
         cfg, s = self.config, self.state
         self.method.train()
-        bar = tqdm(total=cfg.steps, initial=s["step"], desc=self.label, disable=not self.progress,
+        bar = tqdm(total=cfg.steps, initial=s.step, desc=self.label, disable=not self.progress,
                    leave=False, dynamic_ncols=True)
         recent: list[torch.Tensor] = []   # the READ losses since the last evaluation, on the device
-        while s["stage"] < len(self.stages) and s["status"] == "running":
-            task = self.stage_task(s["stage"])
-            last_stage = s["stage"] == len(self.stages) - 1
+        while s.stage < len(self.stages) and s.status == "running":
+            task = self.stage_task(s.stage)
+            last_stage = s.stage == len(self.stages) - 1
             threshold = cfg.target_em if last_stage else cfg.advance_em
-            budget = stage_budget(asdict(cfg), s["stage"])
-            stage_over = s["step"] >= cfg.steps
+            budget = stage_budget(asdict(cfg), s.stage)
+            stage_over = s.step >= cfg.steps
             while not stage_over:
                 if self.deadline is not None and time.time() >= self.deadline:
                     bar.close()   # the last checkpoint (after the last evaluation) is the resume point
-                    raise DeadlineReached(f"{self.label}: stopped at the deadline at step {s['step']}")
+                    raise DeadlineReached(f"{self.label}: stopped at the deadline at step {s.step}")
                 started = time.perf_counter()
                 loss = self.train_step(task)
-                s["train_seconds"] += time.perf_counter() - started
-                s["step"] += 1
-                s["stage_step"] += 1
+                s.train_seconds += time.perf_counter() - started
+                s.step += 1
+                s.stage_step += 1
                 bar.update(1)
                 recent.append(loss)
-                out_of_steps = s["step"] >= cfg.steps or s["stage_step"] >= budget
-                if s["step"] % cfg.eval_every == 0 or out_of_steps:
+                out_of_steps = s.step >= cfg.steps or s.stage_step >= budget
+                if s.step % cfg.eval_every == 0 or out_of_steps:
                     started = time.perf_counter()
                     losses = torch.stack(recent).tolist()   # the one read-back of the interval
-                    s["train_seconds"] += time.perf_counter() - started
+                    s.train_seconds += time.perf_counter() - started
                     bad = next((i for i, value in enumerate(losses) if not math.isfinite(value)), None)
                     if bad is not None:
-                        step = s["step"] - len(losses) + bad + 1
-                        s.update(status="diverged", diverged_step=step)
+                        step = s.step - len(losses) + bad + 1
+                        s.status, s.diverged_step = "diverged", step
                         log.warning("%s: loss is not finite at step %d; run marked diverged", self.label, step)
                         break
                     em = self.validate(task)
                     mean_loss = sum(losses) / len(losses)
                     self.check_collapse(em, mean_loss, task.chance_loss())
-                    s["last_em"] = em
-                    if em > s["best_em"]:
-                        s.update(best_em=em, best_step=s["step"], since_best=0, best_state=_cpu_state(self.method))
+                    s.last_em = em
+                    if em > s.best_em:
+                        s.best_em, s.best_step, s.since_best, s.best_state = em, s.step, 0, _cpu_state(self.method)
                     else:
-                        s["since_best"] += 1
-                    record = {"step": s["step"], "stage": s["stage"], "task": self.stages[s["stage"]],
+                        s.since_best += 1
+                    record = {"step": s.step, "stage": s.stage, "task": self.stages[s.stage],
                               "loss": mean_loss, "valid_em": em,
-                              "lr": self.scheduler.get_last_lr()[0], "seconds": round(s["train_seconds"], 3)}
+                              "lr": self.scheduler.get_last_lr()[0], "seconds": round(s.train_seconds, 3)}
                     recent = []
                     store.append_jsonl(self.metrics_path, record)
-                    bar.set_postfix(stage=s["stage"], loss=f"{record['loss']:.3f}", em=f"{em:.3f}")
-                    patience_over = cfg.patience is not None and s["since_best"] >= cfg.patience
+                    bar.set_postfix(stage=s.stage, loss=f"{record['loss']:.3f}", em=f"{em:.3f}")
+                    patience_over = cfg.patience is not None and s.since_best >= cfg.patience
                     stage_over = em >= threshold or out_of_steps or patience_over
                     if not stage_over:
                         self.save_checkpoint()
-            if s["status"] != "running":
+            if s.status != "running":
                 break
             self.finish_stage(task)
             self.save_checkpoint()
-            if s["step"] >= cfg.steps:
+            if s.step >= cfg.steps:
                 break
         bar.close()
-        if s["status"] == "running":
-            s["status"] = "collapsed" if s["collapses"] else "finished"
-        return {"status": s["status"], "diverged_step": s["diverged_step"], "steps": s["step"],
-                "train_seconds": s["train_seconds"], "stages": s["stage_results"], "collapses": s["collapses"]}
+        if s.status == "running":
+            s.status = "collapsed" if s.collapses else "finished"
+        return {"status": s.status, "diverged_step": s.diverged_step, "steps": s.step,
+                "train_seconds": s.train_seconds, "stages": s.stage_results, "collapses": s.collapses}

@@ -215,10 +215,10 @@ def kill_once_at_step(monkeypatch, step: int, which=lambda trainer: True) -> lis
     steps_run = []
 
     def dying_step(self, task):
-        if which(self) and self.state["step"] == step and "died" not in steps_run:
+        if which(self) and self.state.step == step and "died" not in steps_run:
             steps_run.append("died")
             raise KeyboardInterrupt
-        steps_run.append(self.state["step"])
+        steps_run.append(self.state.step)
         return real_step(self, task)
 
     monkeypatch.setattr(Trainer, "train_step", dying_step)
@@ -331,7 +331,7 @@ def test_a_torn_last_curve_line_is_dropped_on_resume(tmp_path, monkeypatch):
     real_step = Trainer.train_step
 
     def dying_step(self, task):
-        if self.state["step"] == 7:
+        if self.state.step == 7:
             with open(self.metrics_path, "a") as handle:   # power loss in the middle of a line
                 handle.write('{"step": 9, "stage": 0, "lo')
             raise KeyboardInterrupt

@@ -203,13 +203,13 @@ def test_a_checkpoint_from_other_train_settings_is_not_resumed(tmp_path):
                        0, "cpu", tmp_path / "metrics.jsonl", tmp_path / "checkpoints", progress=False)
 
     old = trainer(1e-3)
-    old.state["step"] = 2
+    old.state.step = 2
     old.save_checkpoint()
     (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2}\n')
     assert trainer(1e-3).try_resume()                                 # same settings: resumes at step 2
     assert [r["step"] for r in store.read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2]
     fresh = trainer(3e-3)
-    assert not fresh.try_resume() and fresh.state["step"] == 0
+    assert not fresh.try_resume() and fresh.state.step == 0
     assert not (tmp_path / "checkpoints" / "last.pt").exists() and not (tmp_path / "metrics.jsonl").exists()
 
 
@@ -220,7 +220,7 @@ def test_a_checkpoint_from_before_a_new_train_option_resumes(tmp_path):
     config = build(TrainConfig, {"steps": 4, "batch_size": 2}, "train")
     old = Trainer(make_method("query_only", task), task, config, build(EvalConfig, {"examples": 4}, "eval"),
                   0, "cpu", tmp_path / "metrics.jsonl", tmp_path / "checkpoints", progress=False)
-    old.state["step"] = 2
+    old.state.step = 2
     old.save_checkpoint()
     data = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
     del data["train"]["tf32"]   # as a checkpoint written before the option existed
@@ -228,7 +228,7 @@ def test_a_checkpoint_from_before_a_new_train_option_resumes(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2}\n')
     new = Trainer(make_method("query_only", task), task, config, build(EvalConfig, {"examples": 4}, "eval"),
                   0, "cpu", tmp_path / "metrics.jsonl", tmp_path / "checkpoints", progress=False)
-    assert new.try_resume() and new.state["step"] == 2
+    assert new.try_resume() and new.state.step == 2
 
 
 def test_a_checkpoint_whose_curve_was_deleted_is_not_resumed(tmp_path):
@@ -242,7 +242,7 @@ def test_a_checkpoint_whose_curve_was_deleted_is_not_resumed(tmp_path):
                        0, "cpu", tmp_path / "metrics.jsonl", tmp_path / "checkpoints", progress=False)
 
     old = trainer()
-    old.state["step"] = 4
+    old.state.step = 4
     old.save_checkpoint()
     (tmp_path / "metrics.jsonl").write_text('{"step": 2}\n{"step": 4}\n')
     assert trainer().try_resume()                                     # curve up to its step: resumes
@@ -250,7 +250,7 @@ def test_a_checkpoint_whose_curve_was_deleted_is_not_resumed(tmp_path):
         (tmp_path / "metrics.jsonl").write_text(curve)
         old.save_checkpoint()
         fresh = trainer()
-        assert not fresh.try_resume() and fresh.state["step"] == 0
+        assert not fresh.try_resume() and fresh.state.step == 0
         assert not (tmp_path / "checkpoints" / "last.pt").exists()
         assert not (tmp_path / "metrics.jsonl").exists()
 

@@ -21,17 +21,16 @@ import torch
 def train(spec, device: str, precision: str, steps: int) -> dict:
     """Final mean training loss (last evaluation interval) and validation EM of `spec` in `precision`."""
     from harness.builder import build_run, seed_everything
-    from harness.schema import EvalConfig, TrainConfig
+    from harness.schema import typed_section
     from harness.store import read_jsonl
     from harness.train import Trainer
-    from harness.typed import build
     seed_everything(spec.seed)
     task, method = build_run(spec)
     method.to(device)
     config = {**spec.train, "precision": precision, "steps": steps, "stage_steps": None, "curriculum": [],
               "patience": None, "target_em": 1.0, "eval_every": max(steps // 4, 1), "tune": None}
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(method, task, build(TrainConfig, config, "train"), build(EvalConfig, spec.eval, "eval"),
+        trainer = Trainer(method, task, typed_section("train", config), spec.typed("eval"),
                           spec.seed, device, Path(tmp) / "metrics.jsonl", None, progress=False,
                           test_at_stage_end=False)
         result = trainer.run()

@@ -58,16 +58,15 @@ def measure_key(spec, stage: int, device: str, steps: int, warmup: int, max_seco
                 evaluation: bool = True) -> dict:
     """Seconds per training step (median of `steps` after `warmup`) of one stage of `spec`, and
     seconds per context of one validation and one test batch."""
-    from harness.schema import EvalConfig, TrainConfig
-    from harness.typed import build
+    from harness.schema import typed_section
     from harness.evaluate import evaluate
     from harness.builder import build_run, seed_everything
     from harness.train import TEST_SEED, Trainer
     seed_everything(spec.seed)
     task, method = build_run(spec)
     method.to(device)
-    train = build(TrainConfig, {**spec.train, "tune": None}, "train")
-    eval_config = build(EvalConfig, spec.eval, "eval")
+    train = typed_section("train", {**spec.train, "tune": None})
+    eval_config = spec.typed("eval")
     entry: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(method, task, train, eval_config, spec.seed, device, Path(tmp) / "metrics.jsonl", None,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from harness import registry, store
+from harness import registry
 from harness.runner import execute_run, is_done
 from harness.suite import expand_suite
 

@@ -49,14 +49,12 @@ def measure(spec, stage: int, device: str, steps: int, warmup: int) -> dict:
     machine and an order effect cancel)."""
     from harness.allocator import retain_freed_memory
     from harness.builder import build_run, seed_everything
-    from harness.schema import EvalConfig, TrainConfig
     from harness.train import Trainer
-    from harness.typed import build
     retain_freed_memory()   # as every run does: freed blocks stay mapped, no page faults per step
     seed_everything(spec.seed)
     task, method = build_run(spec)
     method.to(device).train()
-    trainer = Trainer(method, task, build(TrainConfig, spec.train, "train"), build(EvalConfig, spec.eval, "eval"),
+    trainer = Trainer(method, task, spec.typed("train"), spec.typed("eval"),
                       spec.seed, device, Path("/dev/null"), None, progress=False)
     stage_task = trainer.stage_task(stage)
     ready = trainer.train_batch(stage_task)

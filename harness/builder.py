@@ -11,13 +11,12 @@ from harness.backbone import build_backbone
 from harness.data import PretrainedCodec
 from harness.errors import HarnessError
 from harness.schema import RunSpec
-from harness.typed import build
 
 
 def build_run(spec: RunSpec):
     """Task, backbone and method of a run, built from its resolved spec."""
     task_cls = registry.get_task(spec.task["name"])
-    task = task_cls(build(task_cls.Config, {k: v for k, v in spec.task.items() if k != "name"}, "task"))
+    task = task_cls(spec.typed("task"))
     backbone = build_backbone(spec.backbone, task.tokenizer.vocab_size)
     if backbone.tokenizer is not None:
         task.use_tokenizer(PretrainedCodec(backbone.tokenizer))
@@ -25,8 +24,7 @@ def build_run(spec: RunSpec):
     if backbone.arch not in method_cls.archs:
         raise HarnessError(f"method {method_cls.name!r} needs a backbone in {list(method_cls.archs)}, "
                            f"{spec.backbone.get('pretrained')!r} is {backbone.arch!r}")
-    method = method_cls(build(method_cls.Config, {k: v for k, v in spec.method.items() if k != "name"},
-                              "method"), backbone)
+    method = method_cls(spec.typed("method"), backbone)
     return task, method
 
 

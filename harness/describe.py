@@ -4,11 +4,10 @@ summaries is `migrations/describe_summaries.py`."""
 from __future__ import annotations
 
 from harness import registry
-from harness.typed import build
+from harness.schema import typed_section
 
 
 def describe_spec(method_spec: dict) -> dict:
     """`Method.describe` for a method spec {"name": ..., **options} (unset options: defaults)."""
     cls = registry.get_method(method_spec["name"])
-    config = build(cls.Config, {k: v for k, v in method_spec.items() if k != "name"}, "method")
-    return cls.describe(config)
+    return cls.describe(typed_section("method", method_spec))

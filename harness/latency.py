@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from harness import registry, store
 from harness.suite import check_suite_keys, deep_merge, matching, read_suite_file
 from harness.typed import build, positive
+from harness.schema import typed_section
 from harness.data import Batch
 from harness.errors import ContractError, HarnessError
 from harness.ids import content_id
@@ -250,7 +251,7 @@ class Cell:
 
 def method_config(cls: type, method: dict):
     """A method's config dataclass from a resolved method spec {"name": ..., **options}."""
-    return build(cls.Config, {k: v for k, v in method.items() if k != "name"}, f"method {cls.name}")
+    return typed_section("method", {**method, "name": cls.name}, f"method {cls.name}")
 
 
 def _method_options(spec: LatencySpec, cls: type) -> dict:

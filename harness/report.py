@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference"
+from harness.paper import paper_table1, paper_wide
+
 
 INTERVAL_NOTE = ("Cells: mean exact match (%) over seeds ± the half-width of its 95% interval "
                  "(Student t over seeds: t(0.975, n-1) · sd / √n); a cell without ± comes from one seed; "
@@ -159,14 +160,14 @@ def _wide(table: pd.DataFrame, column: str, names) -> pd.DataFrame:
 
 
 def _capacity_at(frame: pd.DataFrame, scale: str) -> pd.DataFrame:
-    """capacity_frame of the capacity suite's runs at one scale (empty when there are none)."""
-    table = capacity_frame(frame[frame["suite"] == "capacity"]) if not frame.empty else frame
+    """capacity_frame of the runs at one scale (empty when there are none)."""
+    table = capacity_frame(frame) if not frame.empty else frame
     return table[table["scale"] == scale] if not table.empty else table
 
 
 def table1_markdown(frame: pd.DataFrame, scale: str) -> str:
-    """Exact match (%) per method and pairs of the capacity suite at one scale: mean ± 95% interval
-    over seeds, collapsed runs marked, with the notes saying so."""
+    """Exact match (%) per method and pairs of KV runs (a capacity suite's) at one scale: mean ± 95%
+    interval over seeds, collapsed runs marked, with the notes saying so."""
     table = _capacity_at(frame, scale)
     if table.empty:
         return f"_no capacity results at scale {scale}_\n"
@@ -178,16 +179,16 @@ def table1_markdown(frame: pd.DataFrame, scale: str) -> str:
 
 
 def memsize_markdown(frame: pd.DataFrame, scale: str) -> str:
-    """Exact match (%) per method, memory size and pairs: the memsize suite's runs beside the
-    capacity suite's runs of the same methods (one row per method and memory in floats), mean ±
-    95% interval over seeds, collapsed runs marked."""
+    """Exact match (%) per method, memory size and pairs, for every method that ran at more than
+    one memory size at some pairs value (one row per method and memory in floats), mean ± 95%
+    interval over seeds, collapsed runs marked."""
     empty = f"_no memsize results at scale {scale}_\n"
     if frame.empty:
         return empty
-    subset = frame[frame["suite"].isin(["capacity", "memsize"]) & (frame["scale"] == scale)]
-    subset = trained_setting(subset.dropna(subset=["task.pairs"]))
+    subset = trained_setting(frame[frame["scale"] == scale].dropna(subset=["task.pairs"]))
     subset = subset.assign(method_label=labels(subset))
-    subset = subset[subset["method_label"].isin(set(subset.loc[subset["suite"] == "memsize", "method_label"]))]
+    sizes = subset.groupby(["method_label", "task.pairs"])["memory_floats"].nunique()
+    subset = subset[subset["method_label"].isin(set(sizes[sizes > 1].index.get_level_values(0)))]
     if subset.empty:
         return empty
     subset = subset.assign(label=[f"{m}, {int(f):,} floats" for m, f in zip(subset.method_label, subset.memory_floats)])
@@ -198,43 +199,6 @@ def memsize_markdown(frame: pd.DataFrame, scale: str) -> str:
     wide = wide.loc[list(order)]
     return wide.reset_index().rename(columns={"label": "method, memory"}).to_markdown(index=False, disable_numparse=True) \
         + "\n" + _notes(table)
-
-
-PAPER_METHODS = {"gradmem_first_order": {"name": "gradmem", "order": "first"}}
-"""Method strings of the paper's CSVs that are not a registered name: the spec they stand for."""
-
-
-def paper_label(method: str, write_setting) -> str:
-    """Our label of a paper row: the registered method's own description, its write axis set to
-    the CSV's `write_steps` when the method has one."""
-    from harness.describe import describe_spec
-    spec = dict(PAPER_METHODS.get(method, {"name": method}))
-    axis = describe_spec(spec)["axis"]
-    if axis is not None and not _missing(write_setting):
-        spec[axis["field"]] = int(write_setting)
-    return describe_spec(spec)["label"]
-
-
-def paper_table1() -> pd.DataFrame:
-    """The paper's Table 1 (results/reference/paper_table1_kv.csv) with our method labels."""
-    paper = pd.read_csv(REFERENCE / "paper_table1_kv.csv", comment="#")
-    paper["label"] = [paper_label(m, k) for m, k in zip(paper.method, paper.write_steps)]
-    return paper
-
-
-def paper_table1_markdown() -> str:
-    """The paper's Table 1 in the same layout (mean ± std over 3 runs, as the paper gives it)."""
-    wide = _paper_wide(paper_table1())
-    return wide.reset_index().rename(columns={"label": "method"}).to_markdown(index=False) + "\n"
-
-
-def _paper_wide(paper: pd.DataFrame) -> pd.DataFrame:
-    """Rows of the paper's Table 1 pivoted to one row per label, one 'N pairs' column per pairs,
-    cells 'mean ± std'."""
-    paper = paper.assign(cell=[f"{m:.1f} ± {s:.1f}" for m, s in zip(paper.em_mean, paper.em_std)])
-    wide = paper.pivot(index="label", columns="pairs", values="cell").fillna("")
-    wide.columns = [f"{int(c)} pairs" for c in wide.columns]
-    return wide
 
 
 def table1_beside_paper_markdown(frame: pd.DataFrame, scale: str) -> str:
@@ -248,7 +212,7 @@ def table1_beside_paper_markdown(frame: pd.DataFrame, scale: str) -> str:
     ours_labels = set(ours.index)   # a paper row stands under ours of its label, or of its label + options
     paper = paper_table1()
     shown = paper["label"].map(lambda p: any(l == p or l.startswith(p + " + ") for l in ours_labels))
-    theirs = _paper_wide(paper[shown & paper["pairs"].isin(table["task.pairs"].unique())])
+    theirs = paper_wide(paper[shown & paper["pairs"].isin(table["task.pairs"].unique())])
     theirs.insert(0, "source", "paper (mean ± std)")
     both = pd.concat([ours, theirs]).fillna("")
     both = both[["source", *[c for c in ours.columns if c != "source"]]]
@@ -273,14 +237,14 @@ def table2_markdown(frame: pd.DataFrame, scale: str) -> str:
     over seeds, collapsed runs marked."""
     if frame.empty:
         return f"_no bAbI / SQuAD results at scale {scale}_\n"
-    subset = trained_setting(frame[frame["suite"].isin(["babi", "squad"]) & (frame["scale"] == scale)])
+    subset = trained_setting(frame[frame["scale"] == scale])
     if subset.empty:
         return f"_no bAbI / SQuAD results at scale {scale}_\n"
     subset = final_stage(subset)   # a curriculum's earlier stages are easier versions of the task
     qa = subset["task.qa"] if "task.qa" in subset else pd.Series(0, index=subset.index)
     subset = subset.assign(label=labels(subset), backbone=backbone_label(subset),
-                           column=[f"babi_qa{int(q)}" if s == "babi" else "short_squad"
-                                   for s, q in zip(subset["suite"], qa.fillna(0))])
+                           column=[f"{task}_qa{int(q)}" if q else str(task)
+                                   for task, q in zip(subset["task.name"], qa.fillna(0))])
     table = summarise(subset, ["label", "column"])
     wide = _wide(table, "column", str)
     wide.insert(0, "seeds", table.groupby("label")["seeds"].max().astype(str))
@@ -289,23 +253,17 @@ def table2_markdown(frame: pd.DataFrame, scale: str) -> str:
         + "\n" + _notes(table) + "\n" + BACKBONE_NOTE + "\n"
 
 
-def paper_table2_markdown() -> str:
-    """The paper's Table 2 (pretrained backbones) in the same layout (mean ± std, as the paper gives it)."""
-    paper = pd.read_csv(REFERENCE / "paper_table2_nlp.csv", comment="#")
-    paper = paper[paper["task"] != "lm_ce"]
-    paper["label"] = [f"{paper_label(m, k)} ({b})" for m, k, b in zip(paper.method, paper.write_steps, paper.backbone)]
-    paper["cell"] = [f"{m:.1f} ± {s:.1f}" for m, s in zip(paper.value_mean, paper.value_std)]
-    wide = paper.pivot(index="label", columns="task", values="cell").fillna("")
-    return wide.reset_index().rename(columns={"label": "method"}).to_markdown(index=False) + "\n"
-
-
 def steps_markdown(frame: pd.DataFrame, scale: str) -> str:
-    """Exact match (%) of the `steps` suite per (pairs, trained setting) row and write-axis value
-    at evaluation (same weights): mean ± 95% interval over seeds, the trained value in bold."""
-    subset = frame[(frame["suite"] == "steps") & (frame["scale"] == scale)] if not frame.empty else frame
+    """Exact match (%) per (pairs, trained setting) row and write-axis value at evaluation (same
+    weights), for the runs evaluated at more than one value of their write axis (a steps suite's):
+    mean ± 95% interval over seeds, the trained value in bold."""
+    subset = frame[frame["scale"] == scale] if not frame.empty else frame
     if subset.empty or "axis_value" not in subset or subset["axis_value"].isna().all():
         return f"_no steps results at scale {scale}_\n"
     subset = subset.dropna(subset=["axis_value"])
+    subset = subset[subset.groupby("run_id")["axis_value"].transform("nunique") > 1]
+    if subset.empty:
+        return f"_no steps results at scale {scale}_\n"
     subset = subset.assign(label=[f"{int(p)} pairs, {l}" for p, l in zip(subset["task.pairs"], labels(subset))])
     table = summarise(subset, ["label", "axis_trained", "axis_value"])
     trained = dict(zip(table["label"], table["axis_trained"]))
@@ -317,24 +275,6 @@ def steps_markdown(frame: pd.DataFrame, scale: str) -> str:
     wide.columns = [f"{axis}={int(v) if float(v).is_integer() else v}" for v in wide.columns]
     return (wide.reset_index().rename(columns={"label": "trained"}).to_markdown(index=False, disable_numparse=True)
             + "\n\nBold: the value used in training. " + INTERVAL_NOTE + "\n")
-
-
-def paper_fig4a() -> pd.DataFrame:
-    """The paper's Figure 4(a) (results/reference/paper_fig4a_steps.csv): pairs, k_train, k_eval
-    (a number, or 'best_0_n': the best over K_eval in 0..n), em (%)."""
-    return pd.read_csv(REFERENCE / "paper_fig4a_steps.csv", comment="#", dtype={"k_eval": str})
-
-
-def paper_fig4a_markdown() -> str:
-    """The paper's Figure 4(a) as a table: exact match (%) per (pairs, K in training) and K at
-    evaluation; 'best 0-n' = best over K_eval in 0..n."""
-    paper = paper_fig4a()
-    paper["trained"] = [f"{p} pairs, gradmem K={k}" for p, k in zip(paper.pairs, paper.k_train)]
-    paper["column"] = [f"K={k}" if k.isdigit() else k.replace("best_0_", "best 0-") for k in paper.k_eval]
-    wide = paper.pivot(index="trained", columns="column", values="em")
-    order = sorted(wide.columns, key=lambda c: (not c.startswith("K="), int(c.split("=")[1]) if c.startswith("K=")
-                                                else int(c.split("-")[1])))
-    return wide[order].reset_index().to_markdown(index=False, floatfmt=".1f") + "\n"
 
 
 def _setting(values: dict, keys) -> str:
@@ -424,7 +364,8 @@ def bound_violations(frame: pd.DataFrame, tolerance: float = 0.01) -> list[dict]
     frame = trained_setting(frame)
     if "old_recipe" in frame:   # runs their suite no longer has are not its comparison
         frame = frame[~frame["old_recipe"].eq(True)]
-    nlp = frame["suite"].isin(["babi", "squad"])
+    # a curriculum over pairs scores every stage; any other (bAbI, SQuAD) only its last
+    nlp = frame["task.pairs"].isna() if "task.pairs" in frame else pd.Series(True, index=frame.index)
     frame = pd.concat([final_stage(frame[nlp]), frame[~nlp]])
     setting = [c for c in ("task.qa", "task.pairs") if c in frame]
     frame = frame.assign(label=labels(frame), backbone=backbone_label(frame),

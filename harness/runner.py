@@ -15,8 +15,7 @@ from filelock import FileLock, Timeout
 
 from harness import registry, store
 from harness.allocator import retain_freed_memory
-from harness.schema import SCALES, EvalConfig, RunSpec, TrainConfig
-from harness.typed import build
+from harness.schema import SCALES, RunSpec, typed_section
 from harness.errors import ContractError, HarnessError
 from harness.builder import build_run, seed_everything
 from harness.train import DeadlineReached, Trainer
@@ -157,8 +156,8 @@ def _train_and_record(spec: RunSpec, out: Path, device: str, cache_dir: Path, pr
     task, method = build_run(spec)
     method.to(device)
     store.write_yaml(directory / "config.yaml", spec.to_dict())
-    trainer = Trainer(method, task, build(TrainConfig, train, "train"),
-                      build(EvalConfig, spec.eval, "eval"), spec.seed, device,
+    trainer = Trainer(method, task, typed_section("train", train),
+                      spec.typed("eval"), spec.seed, device,
                       directory / "metrics.jsonl", Path(cache_dir) / "checkpoints" / spec.run_id,
                       label=spec.label(), progress=progress, deadline=deadline)
     result = trainer.run()

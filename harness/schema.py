@@ -147,12 +147,16 @@ class RunSpec:
     def run_id(self) -> str:
         return content_id(self.identity())
 
+    def typed(self, section: str):
+        """The typed config of a section (TrainConfig, the method's Config, ...): see typed_section."""
+        return typed_section(section, getattr(self, section))
+
     def label(self) -> str:
         """'rmt(memory_size=4,write_passes=1,reconstruction_weight=1.0) seed=0': the memory size, the
         method's write-compute setting and its other settings that differ from their defaults, as
         --dry-run prints and --match selects."""
         cls = registry.get_method(self.method["name"])
-        axis = cls.write_axis(build(cls.Config, {k: v for k, v in self.method.items() if k != "name"}, "method"))
+        axis = cls.write_axis(self.typed("method"))
         always = ["memory_size"] + ([axis["field"]] if axis else [])
         settings = {k: self.method[k] for k in always if k in self.method}
         settings.update((k, v) for k, v in non_default("method", self.method).items() if k != "name")
@@ -180,6 +184,15 @@ def _section_class(section: str, values: dict):
     if section == "backbone":
         return BackboneConfig
     return {"train": TrainConfig, "eval": EvalConfig}[section]
+
+
+def typed_section(section: str, values: dict, where: str | None = None):
+    """The one way a section's dict becomes its typed config: the dataclass of the section (the
+    named method's or task's Config for those two), built and checked from `values` without its
+    `name`. Run specs keep plain dicts (they hash and serialise); code that uses a section asks
+    for it typed here."""
+    options = {k: v for k, v in values.items() if k != "name"}
+    return build(_section_class(section, values), options, where or section)
 
 
 def non_default(section: str, values: dict) -> dict:

@@ -12,10 +12,10 @@ from pathlib import Path
 import yaml
 
 from harness import registry
-from harness.backbone import BackboneConfig, check_pretrained_available, max_positions
+from harness.backbone import check_pretrained_available, max_positions
 from harness.errors import HarnessError
-from harness.schema import SCALES, SECTIONS, RunSpec, resolve_section
-from harness.typed import build, check_keys
+from harness.schema import SCALES, SECTIONS, RunSpec, resolve_section, typed_section
+from harness.typed import check_keys
 
 MAX_SEEDS = 1000
 SUITE_KEYS = ("description", "base", "runs", "sweep", "seeds", "scales")
@@ -219,14 +219,13 @@ def check_feasible(spec: RunSpec) -> None:
     """Raise HarnessError if a run cannot work (impossible task, sequence too long)."""
     stages = spec.train["curriculum"] or [{}]
     for stage in stages:
-        task_values = {**{k: v for k, v in spec.task.items() if k != "name"}, **stage}
         task_cls = registry.get_task(spec.task["name"])
-        task = task_cls(build(task_cls.Config, task_values, f"task {spec.task['name']} (curriculum stage {stage})"))
+        task = task_cls(typed_section("task", {**spec.task, **stage}, f"task {spec.task['name']} (curriculum stage {stage})"))
         context_len, read_len = task.max_lengths()
         method_cls = registry.get_method(spec.method["name"])
         arch = spec.backbone.get("arch", "llama")
         if spec.backbone.get("pretrained"):
-            check_pretrained_available(build(BackboneConfig, spec.backbone, "backbone"))
+            check_pretrained_available(spec.typed("backbone"))
             if not task_cls.supports_pretrained_tokenizer:
                 raise HarnessError(f"task {task_cls.name!r} needs its own tokenizer; "
                                    f"use a backbone built from a config, not {spec.backbone['pretrained']!r}")
@@ -238,7 +237,7 @@ def check_feasible(spec: RunSpec) -> None:
         if limit is not None and needed > limit:
             raise HarnessError(
                 f"run {spec.label()}: sequences of {needed} tokens (memory slots included) exceed the backbone's "
-                f"max_positions={limit} (task {task_values})")
+                f"max_positions={limit} (task {task.config})")
 
 
 def matching(items: list, patterns: list[str], text, what: str) -> list:

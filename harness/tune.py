@@ -26,9 +26,8 @@ from filelock import FileLock
 
 from harness import store
 from harness.builder import build_run, seed_everything
-from harness.schema import EvalConfig, RunSpec, TrainConfig
+from harness.schema import RunSpec
 from harness.train import Trainer
-from harness.typed import build
 from harness.ids import content_id
 
 log = logging.getLogger(__name__)
@@ -100,7 +99,7 @@ def train_cell(spec: RunSpec, device: str, deadline: float | None = None, cache_
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(cache_dir) / "checkpoints" / f"tune-{spec.run_id}" if cache_dir else Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        trainer = Trainer(method, task, build(TrainConfig, spec.train, "train"), build(EvalConfig, spec.eval, "eval"),
+        trainer = Trainer(method, task, spec.typed("train"), spec.typed("eval"),
                           spec.seed, device, folder / "metrics.jsonl", folder if cache_dir else None,
                           label=f"tune {spec.label()}", progress=progress, test_at_stage_end=False,
                           deadline=deadline)

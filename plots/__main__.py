@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 from harness import store
-from harness.report import (paper_fig4a_markdown, paper_table1_markdown, paper_table2_markdown, steps_markdown,
-                            table1_markdown, table2_markdown, tuning_markdown)
+from harness.paper import paper_fig4a_markdown, paper_table1_markdown, paper_table2_markdown
+from harness.report import steps_markdown, table1_markdown, table2_markdown, tuning_markdown
+from plots import of_suites
 from plots.figures import FIGURES
 
 
@@ -48,20 +49,20 @@ def main(argv=None) -> int:
                 made.append(path)
     tables = ["# Table 1: KV retrieval exact match (%): mean ± 95% interval over seeds (paper: mean ± std)\n"]
     for scale in scales_of(frame, {"capacity"}):
-        tables += [f"\n## This harness, {scale} scale\n\n", table1_markdown(frame, scale)]
+        tables += [f"\n## This harness, {scale} scale\n\n", table1_markdown(of_suites(frame, "capacity"), scale)]
     tables += ["\n## The paper (arXiv 2603.13875), Table 1 (paper scale: N{n}-K2V2-V62, 4 x 128, 8 memory vectors; mean ± std over 3 runs)\n\n",
                paper_table1_markdown()]
     out.mkdir(parents=True, exist_ok=True)
     (out / "table1_kv.md").write_text("".join(tables))
     nlp = ["# Table 2: bAbI QA1-QA5 and Short SQuAD, exact match (%): mean ± 95% interval over seeds (paper: mean ± std)\n"]
     for scale in scales_of(frame, {"babi", "squad"}):
-        nlp += [f"\n## This harness, {scale} scale (from-scratch backbone, generated bAbI)\n\n", table2_markdown(frame, scale)]
+        nlp += [f"\n## This harness, {scale} scale (from-scratch backbone, generated bAbI)\n\n", table2_markdown(of_suites(frame, "babi", "squad"), scale)]
     nlp += ["\n## The paper (arXiv 2603.13875), Table 2 (pretrained backbones, bAbI release data; mean ± std)\n\n",
             paper_table2_markdown()]
     (out / "table2_nlp.md").write_text("".join(nlp))
     steps = ["# Figure 4a as a table: exact match (%) with more write steps at evaluation, same weights\n"]
     for scale in scales_of(frame, {"steps"}):
-        steps += [f"\n## This harness, {scale} scale (`steps` suite)\n\n", steps_markdown(frame, scale)]
+        steps += [f"\n## This harness, {scale} scale (`steps` suite)\n\n", steps_markdown(of_suites(frame, "steps"), scale)]
     steps += ["\n## The paper (arXiv 2603.13875), Figure 4(a) (N{n}-K2V2-V62, 4 x 128, 8 memory vectors; read off "
               "the figure)\n\n", paper_fig4a_markdown()]
     (out / "steps_kv.md").write_text("".join(steps))

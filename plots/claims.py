@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from harness.report import capacity_frame, paper_fig4a, paper_table1, summarise, labels
+from harness.paper import paper_fig4a, paper_table1
+from harness.report import capacity_frame, summarise, labels
 
 CLAIMS = (
     "1. Same memory: one gradient step (GradMem K=1) holds more than a forward write (RMT x1)",

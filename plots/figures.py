@@ -13,8 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from harness.report import (bound_of, capacity, capacity_frame, labels, paper_fig4a, paper_table1,  # noqa: E402
-                            summarise)
+from harness.paper import paper_fig4a, paper_table1  # noqa: E402
+from harness.report import bound_of, capacity, capacity_frame, labels, summarise  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 log = logging.getLogger(__name__)

@@ -19,16 +19,19 @@ import pandas as pd
 
 from harness import store
 from harness.errors import HarnessError
+from plots import of_suites
 from plots.claims import claims_markdown
 from harness.report import (memsize_markdown, steps_markdown, table1_beside_paper_markdown, table1_markdown,
                             table2_markdown, tuning_markdown)
 
 BLOCKS = {
-    "table1": (table1_markdown, "SCALE"),           # capacity: exact match per method and pairs
-    "table1_paper": (table1_beside_paper_markdown, "SCALE"),  # the same with the paper's rows under it
-    "table2": (table2_markdown, "SCALE"),           # bAbI / SQuAD
-    "steps": (steps_markdown, "SCALE"),             # write steps at evaluation
-    "memsize": (memsize_markdown, "SCALE"),         # capacity suite + memsize suite per memory size
+    "table1": (lambda f, scale: table1_markdown(of_suites(f, "capacity"), scale), "SCALE"),  # exact match per method, pairs
+    "table1_paper": (lambda f, scale: table1_beside_paper_markdown(of_suites(f, "capacity"), scale),
+                     "SCALE"),                      # the same with the paper's rows under it
+    "table2": (lambda f, scale: table2_markdown(of_suites(f, "babi", "squad"), scale), "SCALE"),  # bAbI / SQuAD
+    "steps": (lambda f, scale: steps_markdown(of_suites(f, "steps"), scale), "SCALE"),  # write steps at evaluation
+    "memsize": (lambda f, scale: memsize_markdown(of_suites(f, "capacity", "memsize"), scale),
+                "SCALE"),                           # capacity + memsize suites, per memory size
     "tuning": (tuning_markdown, "SUITE SCALE"),     # tuning grid of a suite
     "claims": (claims_markdown, "SCALE..."),        # the paper's claims, a verdict per scale
 }

@@ -13,7 +13,8 @@ from harness.contract import Memory, Method
 from harness.describe import describe_spec
 from migrations.describe_summaries import describe_summaries
 from harness.errors import HarnessError
-from harness.report import (COLLAPSE_NOTE, bound_violations, capacity, memsize_markdown, paper_fig4a_markdown, paper_table1,
+from harness.paper import paper_fig4a_markdown, paper_table1
+from harness.report import (COLLAPSE_NOTE, bound_violations, capacity, memsize_markdown,
                             steps_markdown, table1_beside_paper_markdown, table1_markdown, table2_markdown,
                             tuning_markdown, OLD_RECIPE_MARK, OLD_RECIPE_NOTE, SUPERSEDED_MARK)
 from plots.__main__ import main as plots_main

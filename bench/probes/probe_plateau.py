@@ -25,9 +25,8 @@ from pathlib import Path
 import torch
 
 from harness import registry
-from harness.schema import EvalConfig, TrainConfig, resolve_section
+from harness.schema import resolve_section
 from harness.suite import expand_suite, load_yaml
-from harness.typed import build
 from harness.contract import Example
 from harness.data import collate
 from harness.evaluate import evaluate
@@ -78,8 +77,8 @@ def probe(args, seed: int) -> dict:
     task, method_module = build_run(spec)
     stage_task = task.with_params(**stage)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(method_module, stage_task, build(TrainConfig, spec.train, "train"),
-                          build(EvalConfig, spec.eval, "eval"), seed, "cpu", Path(tmp) / "m.jsonl", None,
+        trainer = Trainer(method_module, stage_task, spec.typed("train"),
+                          spec.typed("eval"), seed, "cpu", Path(tmp) / "m.jsonl", None,
                           progress=False, test_at_stage_end=False)   # the validation curve is the probe
         trainer.stages = [{}]   # the stage task above already carries the probed pairs
         trainer.run()

@@ -49,8 +49,8 @@ def describe_device(device: str) -> str:
 
 
 def _timed(device: str, fn) -> float:
-    """Seconds of one call, the device synchronised before and after (harness.latency.timed)."""
-    from harness.latency import timed
+    """Seconds of one call, the device synchronised before and after (latency.timing.timed)."""
+    from latency.timing import timed
     return timed(fn, device)[0]
 
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from harness import registry
-from harness.suite import expand_suite, load_suite, matching
+from harness.suite import expand_suite, load_suite, matching, suite_kind
 from harness.errors import HarnessError
 
 log = logging.getLogger("harness")
@@ -180,9 +180,9 @@ def main(argv=None) -> int:
         methods = [m for m in (args.methods or "").split(",") if m] or None
         out = writable_folder(args.out, "--out")
         cache = writable_folder(args.cache, "--cache") if args.cache is not None else None
-        from harness import latency
-        if latency.is_latency_suite(args.suite):   # timing only, no training: its own runner
-            return latency.main(args, scale, device, methods, out)
+        if suite_kind(args.suite) == "latency":   # timing only, no training: the latency package runs it
+            from latency.run import main as time_suite
+            return time_suite(args, scale, device, methods, out)
         specs = expand_suite(args.suite, scale, methods, args.seeds, args.data_dir)
         specs = matching(specs, args.match, lambda s: f"{s.label()} {s.task_label()}",
                          f"run of suite {args.suite} at scale {scale}")

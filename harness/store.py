@@ -203,7 +203,7 @@ def summary_rows(summary: dict) -> list[dict]:
 
 def load(results: Path | str = "results") -> pd.DataFrame:
     """Every training run's summary under `results` as one DataFrame (one row per stage and
-    evaluated write setting). Summaries with a `kind` (latency cells, `harness.latency`) are not
+    evaluated write setting). Summaries with a `kind` (latency cells, the `latency` package) are not
     training runs and are left out; a damaged summary is skipped with a warning (`summaries`).
     A run's `tuning` is its suite's current tuning record (`<suite>/tuning/<tune_id>.json`, the
     one with every cell scored so far) when that record still chooses the setting the run trained

@@ -135,9 +135,16 @@ def _check_description(body: dict, where: str) -> None:
         raise HarnessError(f"{where}: description = {description!r} must be text")
 
 
+def suite_kind(name: str) -> str | None:
+    """A suite's `kind` (e.g. `latency`: timed by the `latency` package, not trained), None for a
+    training suite."""
+    data = read_suite_file(name)
+    return data.get("kind") if isinstance(data, dict) else None
+
+
 def load_suite(name: str) -> dict:
     data = read_suite_file(name)
-    if isinstance(data, dict) and data.get("kind") == "latency":   # its keys: harness.latency checks them
+    if isinstance(data, dict) and data.get("kind") == "latency":   # its keys: latency.spec checks them
         return data
     check_suite_keys(data, SUITE_KEYS, SCALE_KEYS, name)
     return data

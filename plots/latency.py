@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from harness.latency import break_even_table, load, with_predictions  # noqa: E402
+from plots.latency_costs import break_even_table, load, with_predictions  # noqa: E402
 from plots.figures import save_figure  # noqa: E402
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from harness import latency, registry, store
+from harness import registry, store
+from latency import run as latency_run, spec as latency_spec
+from plots import latency_costs
 from harness.cli import main
 from migrations.reindex import reindex
 
@@ -18,12 +20,12 @@ def run(args, tmp_path):
 
 
 def test_break_even_reads_is_the_first_count_from_which_writing_stays_cheaper():
-    assert latency.break_even_reads(10.0, 1.0, 2.0, 3.0) == 4      # 10 + 4 = 14 <= 2 + 12
-    assert latency.break_even_reads(10.0, 1.0, 4.0, 3.0) == 3      # exactly equal at N = 3
-    assert latency.break_even_reads(1.0, 1.0, 2.0, 3.0) == 1       # cheaper from the first read
-    assert latency.break_even_reads(1.0, 2.0, 1.0, 2.0) == 1       # the same cost
-    assert latency.break_even_reads(2.0, 2.0, 1.0, 2.0) is None    # same READ, slower WRITE
-    assert latency.break_even_reads(0.0, 3.0, 5.0, 2.0) is None    # cheaper at first, never for many reads
+    assert latency_costs.break_even_reads(10.0, 1.0, 2.0, 3.0) == 4      # 10 + 4 = 14 <= 2 + 12
+    assert latency_costs.break_even_reads(10.0, 1.0, 4.0, 3.0) == 3      # exactly equal at N = 3
+    assert latency_costs.break_even_reads(1.0, 1.0, 2.0, 3.0) == 1       # cheaper from the first read
+    assert latency_costs.break_even_reads(1.0, 2.0, 1.0, 2.0) == 1       # the same cost
+    assert latency_costs.break_even_reads(2.0, 2.0, 1.0, 2.0) is None    # same READ, slower WRITE
+    assert latency_costs.break_even_reads(0.0, 3.0, 5.0, 2.0) is None    # cheaper at first, never for many reads
 
 
 def test_break_even_table_on_a_hand_made_cost_table():
@@ -35,7 +37,7 @@ def test_break_even_table_on_a_hand_made_cost_table():
                  {**shared, "method": "memory", "write_setting": 1, "write": 11.0, "read": 1.0},
                  {**shared, "method": "slow", "write_setting": None, "write": 0.5, "read": ref_read + 1}]
     rows.append({**rows[0], "family": "alone", "method": "memory"})   # a group without its reference
-    table = latency.break_even_table(pd.DataFrame(rows))
+    table = latency_costs.break_even_table(pd.DataFrame(rows))
     got = {(r["family"], r["context_tokens"], r["method"]): r["break_even"] for _, r in table.iterrows()}
     assert got[("f", 64, "memory")] == 10      # 11 + N <= 1 + 2N from N = 10
     assert got[("f", 256, "memory")] == 3      # 11 + N <= 2 + 4N from N = 3
@@ -48,9 +50,9 @@ def test_break_even_table_on_a_hand_made_cost_table():
 def test_predicted_break_even_is_the_papers_cost_model():
     # N > [c^2 (RK - 1) + (1 + RK) m^2 + 2 c m R K] / [q (c - m)] with c 256, q 24, m 8, K 1, R 3
     bound = (256 ** 2 * 2 + 4 * 64 + 2 * 256 * 8 * 3) / (24 * 248)
-    assert latency.predicted_break_even(256, 24, 8, 1, 3.0) == math.floor(bound) + 1 == 25
-    assert latency.predicted_break_even(1024, 24, 8, 1, 1.0) == 1   # RK = 1: only the small terms remain
-    assert latency.predicted_break_even(8, 24, 8, 1, 3.0) is None   # no shorter memory than the context
+    assert latency_costs.predicted_break_even(256, 24, 8, 1, 3.0) == math.floor(bound) + 1 == 25
+    assert latency_costs.predicted_break_even(1024, 24, 8, 1, 1.0) == 1   # RK = 1: only the small terms remain
+    assert latency_costs.predicted_break_even(8, 24, 8, 1, 3.0) is None   # no shorter memory than the context
 
 
 PLUGIN = textwrap.dedent('''
@@ -85,7 +87,7 @@ def test_the_suite_times_an_outside_plugin_without_edits_resumes_and_plots(tmp_p
     assert "latency_echo on tiny/llama context=8 batch=1" in plan and not (tmp_path / "results").exists()
 
     assert run(args, tmp_path) == 0
-    timings, ratios = latency.load(tmp_path / "results")
+    timings, ratios = latency_costs.load(tmp_path / "results")
     per_method = timings.groupby("label").size().to_dict()
     # the plugin's own axis is not listed by the suite: its own setting, at every context x batch
     assert per_method == {"latency_echo": 4, "full_context": 4, "gradmem K=1": 4, "gradmem K=2": 4}
@@ -98,8 +100,8 @@ def test_the_suite_times_an_outside_plugin_without_edits_resumes_and_plots(tmp_p
     assert reindex(tmp_path / "results") == []   # nor does reindex treat them as runs
 
     calls = []
-    monkeypatch.setattr(latency, "time_method", lambda *a: calls.append(a))
-    monkeypatch.setattr(latency, "time_ratio", lambda *a: calls.append(a))
+    monkeypatch.setattr(latency_run, "time_method", lambda *a: calls.append(a))
+    monkeypatch.setattr(latency_run, "time_ratio", lambda *a: calls.append(a))
     assert run(args, tmp_path) == 0 and calls == []   # a rerun times nothing
 
     from plots.latency import make_all
@@ -111,7 +113,7 @@ def test_the_suite_times_an_outside_plugin_without_edits_resumes_and_plots(tmp_p
 
 
 def test_every_registered_method_gets_cells():
-    cells, skipped = latency.expand("latency", "smoke", "cpu")
+    cells, skipped = latency_spec.expand("latency", "smoke", "cpu")
     timed = {c.method["name"] for c in cells if c.kind == "timing"}
     assert timed == set(registry.METHODS) and not skipped
     assert any(c.kind == "ratio" for c in cells)

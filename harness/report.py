@@ -2,7 +2,7 @@
 collapsed runs marked) beside the paper's Tables 1 and 2, and the tuning grids.
 
 Every method-specific thing comes from the results themselves: each row's `label` and write
-axis (`axis`, `axis_trained`, `axis_value`) are the method's self-description recorded by the
+axis (`axis`, `trained_setting`, `write_setting`) are the method's self-description recorded by the
 runner (see `harness.contract.Method.describe`); nothing here tests a method's name.
 """
 from __future__ import annotations
@@ -62,12 +62,12 @@ def _own_setting(key, trained) -> bool:
         return str(key) == str(trained)
 
 
-def trained_setting(frame: pd.DataFrame) -> pd.DataFrame:
+def at_trained_setting(frame: pd.DataFrame) -> pd.DataFrame:
     """Rows evaluated with the write setting the run was trained with."""
     if frame.empty:
         return frame
-    keys = frame["eval_write_setting"] if "eval_write_setting" in frame else pd.Series("default", index=frame.index)
-    trained = frame["axis_trained"] if "axis_trained" in frame else pd.Series(None, index=frame.index, dtype=object)
+    keys = frame["eval_key"] if "eval_key" in frame else pd.Series("default", index=frame.index)
+    trained = frame["trained_setting"] if "trained_setting" in frame else pd.Series(None, index=frame.index, dtype=object)
     return frame[[_own_setting(k, t) for k, t in zip(keys, trained)]]
 
 
@@ -101,7 +101,7 @@ def capacity_frame(frame: pd.DataFrame) -> pd.DataFrame:
     seed count and collapse count (see `summarise`)."""
     if frame.empty or "task.pairs" not in frame:
         return pd.DataFrame()
-    frame = trained_setting(frame.dropna(subset=["task.pairs"]))
+    frame = at_trained_setting(frame.dropna(subset=["task.pairs"]))
     if frame.empty:
         return frame
     return summarise(frame.assign(label=labels(frame)), ["scale", "label", "task.pairs"])
@@ -185,7 +185,7 @@ def memsize_markdown(frame: pd.DataFrame, scale: str) -> str:
     empty = f"_no memsize results at scale {scale}_\n"
     if frame.empty:
         return empty
-    subset = trained_setting(frame[frame["scale"] == scale].dropna(subset=["task.pairs"]))
+    subset = at_trained_setting(frame[frame["scale"] == scale].dropna(subset=["task.pairs"]))
     subset = subset.assign(method_label=labels(subset))
     sizes = subset.groupby(["method_label", "task.pairs"])["memory_floats"].nunique()
     subset = subset[subset["method_label"].isin(set(sizes[sizes > 1].index.get_level_values(0)))]
@@ -237,7 +237,7 @@ def table2_markdown(frame: pd.DataFrame, scale: str) -> str:
     over seeds, collapsed runs marked."""
     if frame.empty:
         return f"_no bAbI / SQuAD results at scale {scale}_\n"
-    subset = trained_setting(frame[frame["scale"] == scale])
+    subset = at_trained_setting(frame[frame["scale"] == scale])
     if subset.empty:
         return f"_no bAbI / SQuAD results at scale {scale}_\n"
     subset = final_stage(subset)   # a curriculum's earlier stages are easier versions of the task
@@ -258,16 +258,16 @@ def steps_markdown(frame: pd.DataFrame, scale: str) -> str:
     weights), for the runs evaluated at more than one value of their write axis (a steps suite's):
     mean ± 95% interval over seeds, the trained value in bold."""
     subset = frame[frame["scale"] == scale] if not frame.empty else frame
-    if subset.empty or "axis_value" not in subset or subset["axis_value"].isna().all():
+    if subset.empty or "write_setting" not in subset or subset["write_setting"].isna().all():
         return f"_no steps results at scale {scale}_\n"
-    subset = subset.dropna(subset=["axis_value"])
-    subset = subset[subset.groupby("run_id")["axis_value"].transform("nunique") > 1]
+    subset = subset.dropna(subset=["write_setting"])
+    subset = subset[subset.groupby("run_id")["write_setting"].transform("nunique") > 1]
     if subset.empty:
         return f"_no steps results at scale {scale}_\n"
     subset = subset.assign(label=[f"{int(p)} pairs, {l}" for p, l in zip(subset["task.pairs"], labels(subset))])
-    table = summarise(subset, ["label", "axis_trained", "axis_value"])
-    trained = dict(zip(table["label"], table["axis_trained"]))
-    wide = _wide(table, "axis_value", lambda v: v)
+    table = summarise(subset, ["label", "trained_setting", "write_setting"])
+    trained = dict(zip(table["label"], table["trained_setting"]))
+    wide = _wide(table, "write_setting", lambda v: v)
     for label in wide.index:
         if trained.get(label) in wide.columns and wide.loc[label, trained[label]]:
             wide.loc[label, trained[label]] = f"**{wide.loc[label, trained[label]]}**"
@@ -361,7 +361,7 @@ def bound_violations(frame: pd.DataFrame, tolerance: float = 0.01) -> list[dict]
     {"cell": 'suite=..., scale=..., backbone=..., task.qa=3', "method": label, "text": ...}."""
     if frame.empty:
         return []
-    frame = trained_setting(frame)
+    frame = at_trained_setting(frame)
     if "old_recipe" in frame:   # runs their suite no longer has are not its comparison
         frame = frame[~frame["old_recipe"].eq(True)]
     # a curriculum over pairs scores every stage; any other (bAbI, SQuAD) only its last

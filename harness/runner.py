@@ -95,7 +95,7 @@ def versions() -> dict:
 def trained_choice(out: Path, spec: RunSpec) -> dict | None:
     """The tuned setting a finished run trained with (None without tuning)."""
     summary = store.read_summary(store.run_dir(out, spec.suite, spec.run_id) / "summary.json")
-    return store.trained_setting(summary)
+    return store.tuned_cell(summary)
 
 
 def is_done(out: Path, spec: RunSpec) -> bool:
@@ -145,7 +145,7 @@ def _train_and_record(spec: RunSpec, out: Path, device: str, cache_dir: Path, pr
         started = time.time()   # wall_seconds: this run alone (the shared tuning has its own cells)
         if store.is_finished(out, spec.suite, spec.run_id):
             summary = store.read_summary(directory / "summary.json")
-            trained = store.trained_setting(summary)
+            trained = store.tuned_cell(summary)
             if trained == tuning["chosen"]:   # kept: its summary gets the new record
                 store.write_json(directory / "summary.json", {**summary, "tuning": tuning})
                 return RunOutcome(spec.run_id, spec.label(), "skipped")

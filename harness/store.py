@@ -147,7 +147,7 @@ def _flatten(prefix: str, mapping: dict) -> dict:
             for k, v in mapping.items()}
 
 
-def _axis_value(key: str, trained):
+def _write_setting(key: str, trained):
     """The value of a method's write axis that an evaluation key stands for ('default' = trained)."""
     if key == "default":
         return trained
@@ -163,9 +163,9 @@ def _axis_value(key: str, trained):
 def summary_rows(summary: dict) -> list[dict]:
     """One row per (curriculum stage, evaluated write setting) of a run summary.
 
-    Besides the spec and metrics, each row carries `eval_write_setting` (the stage's evaluation key:
+    Besides the spec and metrics, each row carries `eval_key` (the stage's evaluation key:
     the write-axis value evaluated, 'default' = the method's trained setting), the method's
-    self-description (`label`; `axis`, `axis_trained`, `axis_value`: the write axis's name, trained
+    self-description (`label`; `axis`, `trained_setting`, `write_setting`: the write axis's name, trained
     value and the value this row was evaluated at, None without an axis; a summary without
     "describe" gets the method's name and no axis), `collapsed` (the run collapsed in this stage;
     False when not recorded) and `tuning` (the run's tuning record as JSON, None when not tuned).
@@ -177,7 +177,7 @@ def summary_rows(summary: dict) -> list[dict]:
     collapsed_stages = {c.get("stage") for c in summary.get("collapses") or []}
     base = {"suite": spec["suite"], "scale": spec["scale"], "run_id": summary["run_id"],
             "method": spec["method"]["name"], "seed": spec["seed"], "status": summary["status"],
-            "label": description["label"], "axis": axis.get("name"), "axis_trained": axis.get("trained"),
+            "label": description["label"], "axis": axis.get("name"), "trained_setting": axis.get("trained"),
             "collapsed": False, "tuning": json.dumps(tuning) if tuning else None,
             "train_seconds": summary.get("train_seconds"), "train_steps": summary.get("steps"),
             **_flatten("method", {k: v for k, v in spec["method"].items() if k != "name"}),
@@ -188,8 +188,8 @@ def summary_rows(summary: dict) -> list[dict]:
         for setting, metrics in stage["eval"].items():
             row = {**base, **_flatten("task", stage["task"]), "stage": stage["stage"],
                    "steps_taken": stage["steps"], "best_valid_em": stage["best_valid_em"],
-                   "eval_write_setting": setting, "collapsed": collapsed,
-                   "axis_value": _axis_value(setting, axis.get("trained")) if axis else None}
+                   "eval_key": setting, "collapsed": collapsed,
+                   "write_setting": _write_setting(setting, axis.get("trained")) if axis else None}
             row.update({k: v for k, v in metrics.items() if not isinstance(v, (list, dict))})
             for name, values in metrics.items():
                 if name.startswith("inner_loss") and values:
@@ -234,7 +234,7 @@ def current_tuning(summary: dict, tuning_dir: Path) -> dict | None:
     return json.loads(path.read_text()) if tune_id and path.exists() else None
 
 
-def trained_setting(summary: dict) -> dict | None:
+def tuned_cell(summary: dict) -> dict | None:
     """The tuned setting a run's summary says it trained with (None without tuning)."""
     return (summary.get("tuning") or {}).get("chosen")
 
@@ -244,4 +244,4 @@ def tuning_superseded(summary: dict, current: dict | None) -> bool:
     longer chooses (the tuning was rescored after it trained); the next invocation of its suite
     retrains it."""
     chosen = (current or {}).get("chosen")
-    return chosen is not None and chosen != trained_setting(summary)
+    return chosen is not None and chosen != tuned_cell(summary)

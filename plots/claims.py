@@ -122,13 +122,13 @@ def claim_5(steps: pd.DataFrame) -> str:
     against EM at K = 1, the same weights."""
     if steps.empty:
         return "no steps results"
-    trained = steps[steps["axis_trained"] == 1]
+    trained = steps[steps["trained_setting"] == 1]
     if trained.empty:
         return "no K_train = 1 rows"
     pairs = int(trained["task.pairs"].max())
     rows = trained[trained["task.pairs"] == pairs]
     cells = {int(v): Cell(100 * m, 0.0 if math.isnan(c) else 100 * c, int(s))
-             for v, m, c, s in zip(rows["axis_value"], rows["em_mean"], rows["em_ci"], rows["seeds"])}
+             for v, m, c, s in zip(rows["write_setting"], rows["em_mean"], rows["em_ci"], rows["seeds"])}
     if 1 not in cells or len(cells) < 2:
         return "no K_eval sweep"
     most = max(cells)
@@ -144,11 +144,11 @@ def scale_verdicts(frame: pd.DataFrame, scale: str) -> list[str]:
     table = capacity_frame(capacity) if not capacity.empty else capacity
     cells = _cells(table) if not table.empty else {}
     steps = frame[(frame["suite"] == "steps") & (frame["scale"] == scale)] if not frame.empty else frame
-    if not steps.empty and "axis_value" in steps:
-        steps = steps.dropna(subset=["axis_value"])
-        steps = summarise(steps.assign(label=labels(steps), axis_value=pd.to_numeric(steps["axis_value"]),
-                                       axis_trained=pd.to_numeric(steps["axis_trained"])),
-                          ["task.pairs", "axis_trained", "axis_value"])
+    if not steps.empty and "write_setting" in steps:
+        steps = steps.dropna(subset=["write_setting"])
+        steps = summarise(steps.assign(label=labels(steps), write_setting=pd.to_numeric(steps["write_setting"]),
+                                       trained_setting=pd.to_numeric(steps["trained_setting"])),
+                          ["task.pairs", "trained_setting", "write_setting"])
     if not cells:
         return ["no capacity results"] * 4 + [claim_5(steps)]
     return [claim_1(cells), claim_2(cells), claim_3(cells), claim_4(cells), claim_5(steps)]
@@ -164,7 +164,7 @@ def paper_verdicts() -> list[str]:
     rows = fig[fig["k_train"] == 1]
     pairs = int(rows["pairs"].min()) if not rows.empty else None
     rows = rows[rows["pairs"] == pairs] if pairs else rows
-    steps = pd.DataFrame({"task.pairs": pairs, "axis_trained": 1, "axis_value": rows["k_eval"].astype(int),
+    steps = pd.DataFrame({"task.pairs": pairs, "trained_setting": 1, "write_setting": rows["k_eval"].astype(int),
                           "em_mean": rows["em"] / 100, "em_ci": float("nan"), "seeds": 1})
     verdicts = [claim_1(cells), claim_2(cells), claim_3(cells), claim_4(cells), claim_5(steps)]
     return [v.replace(" (1 seed)", "") for v in verdicts]

@@ -45,9 +45,9 @@ def _axis_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """Rows of methods that have a write axis, evaluated at an explicit value of it."""
     if frame.empty or "axis" not in frame:
         return frame.iloc[0:0]
-    subset = frame[frame["axis"].notna() & (frame["eval_write_setting"] != "default")]
-    return subset.assign(axis_value=pd.to_numeric(subset["axis_value"]),
-                         axis_trained=pd.to_numeric(subset["axis_trained"]))
+    subset = frame[frame["axis"].notna() & (frame["eval_key"] != "default")]
+    return subset.assign(write_setting=pd.to_numeric(subset["write_setting"]),
+                         trained_setting=pd.to_numeric(subset["trained_setting"]))
 
 
 def _axis_name(frame: pd.DataFrame) -> str:
@@ -199,23 +199,23 @@ def steps_lines(frame: pd.DataFrame, scale: str, out: Path) -> Path | None:
     subset = _axis_rows(_rows(frame, ["steps"], scale))
     if subset.empty:
         return None
-    table = summarise(subset, ["task.pairs", "label", "axis_trained", "axis_value"])
+    table = summarise(subset, ["task.pairs", "label", "trained_setting", "write_setting"])
     pairs = sorted(table["task.pairs"].unique())
     fig, axes = plt.subplots(1, len(pairs) + 1, figsize=(3.6 * (len(pairs) + 1), 3.6), squeeze=False, sharey=True)
-    settings = sorted(table["axis_trained"].unique())
+    settings = sorted(table["trained_setting"].unique())
     colours = dict(zip(settings, sns.color_palette("tab10", len(settings))))
     for ax, n in zip(axes[0], pairs):
-        for (label, trained), group in table[table["task.pairs"] == n].groupby(["label", "axis_trained"]):
-            group = group.sort_values("axis_value")
-            x, mean, spread = group["axis_value"], 100 * group["em_mean"], 100 * group["em_ci"].fillna(0)
+        for (label, trained), group in table[table["task.pairs"] == n].groupby(["label", "trained_setting"]):
+            group = group.sort_values("write_setting")
+            x, mean, spread = group["write_setting"], 100 * group["em_mean"], 100 * group["em_ci"].fillna(0)
             colour = colours[trained]
             ax.plot(x, mean, marker="o", ms=3, color=colour, label=label)
             ax.fill_between(x, (mean - spread).clip(lower=0), (mean + spread).clip(upper=100), color=colour,
                             alpha=0.15, lw=0)
-            at = group[group["axis_value"] == trained]
-            ax.scatter(at["axis_value"], 100 * at["em_mean"], s=60, facecolors="none", edgecolors=colour, zorder=3)
+            at = group[group["write_setting"] == trained]
+            ax.scatter(at["write_setting"], 100 * at["em_mean"], s=60, facecolors="none", edgecolors=colour, zorder=3)
         ax.set(xscale="symlog", title=f"{int(n)} pairs", xlabel=f"{_axis_name(subset)} at evaluation")
-        ticks = sorted(table["axis_value"].unique())
+        ticks = sorted(table["write_setting"].unique())
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks], fontsize=7)
         ax.minorticks_off()
         ax.legend(fontsize=7, loc="lower right")
@@ -258,11 +258,11 @@ def inner_loss_by_step(frame: pd.DataFrame, scale: str, out: Path) -> Path | Non
     if subset.empty or "inner_loss_key_by_step" not in subset:
         return None
     subset = subset.dropna(subset=["inner_loss_key_by_step"])
-    subset = subset[subset["axis_value"] == subset["axis_value"].max()]
+    subset = subset[subset["write_setting"] == subset["write_setting"].max()]
     if subset.empty:
         return None
     pairs = sorted(subset["task.pairs"].unique())
-    settings = subset.drop_duplicates("label").sort_values("axis_trained")
+    settings = subset.drop_duplicates("label").sort_values("trained_setting")
     colours = dict(zip(settings["label"], sns.color_palette("tab10", len(settings))))
     fig, axes = plt.subplots(1, len(pairs), figsize=(4 * len(pairs) + 1.5, 3.8), squeeze=False, sharey=True)
     handles = {}
@@ -273,7 +273,7 @@ def inner_loss_by_step(frame: pd.DataFrame, scale: str, out: Path) -> Path | Non
                 values = row[f"inner_loss_{role}_by_step"]
                 (line,) = ax.plot(range(len(values)), values, ls=style, color=colour)
                 handles[f"{row['label']}, {role} tokens"] = line
-            ax.axvline(row["axis_trained"], color=colour, lw=0.6, alpha=0.6)
+            ax.axvline(row["trained_setting"], color=colour, lw=0.6, alpha=0.6)
         ax.set(xlabel=f"{_axis_name(subset)} taken", title=f"{int(n)} pairs")
     axes[0][0].set_ylabel("WRITE loss (cross-entropy)")
     fig.legend(handles.values(), handles.keys(), fontsize=7, loc="center right")

@@ -264,7 +264,6 @@ def test_nan_loss_marks_the_run_diverged_and_the_sweep_goes_on(tmp_path, monkeyp
 
 
 def test_run_ids_ignore_defaults_and_survive_new_options(tmp_path):
-    from harness import store
     from harness.suite import expand_suite
     explicit = modified(TINY, "train", weight_decay=0.01, schedule="constant")  # the defaults, spelled out
     ids = [s.run_id for s in expand_suite(write_suite(tmp_path), "cpu")]
@@ -289,7 +288,7 @@ def test_reindex_migrates_the_legacy_eval_write_steps_key(tmp_path):
     folder = summaries(tmp_path)[0].parent
     summary = json.loads((folder / "summary.json").read_text())
     assert [set(stage["eval"]) for stage in summary["stages"]] == [{"0", "2"}]
-    assert sorted(store.load(tmp_path / "results")["eval_write_setting"]) == ["0", "2"]
+    assert sorted(store.load(tmp_path / "results")["eval_key"]) == ["0", "2"]
     # the same run as the code before the rename wrote it: the old key, under the id it hashed to
     legacy = summary["spec"]
     legacy["eval"] = {("write_steps" if k == "write_settings" else k): v for k, v in legacy["eval"].items()}

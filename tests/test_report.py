@@ -146,8 +146,8 @@ def test_a_new_method_with_its_own_axis_shows_up_with_its_own_label(tmp_path, lo
                       [(2, {"3": 0.9 + 0.05 * seed, "6": 0.2}, False), (4, {"3": 0.8, "6": 0.1}, False)],
                       floats=64)
     frame = store.load(tmp_path)
-    assert set(frame["axis"]) == {"loops"} and set(frame["axis_trained"]) == {3}
-    assert set(frame["axis_value"]) == {3, 6}
+    assert set(frame["axis"]) == {"loops"} and set(frame["trained_setting"]) == {3}
+    assert set(frame["write_setting"]) == {3, 6}
     markdown = table1_markdown(frame, "cpu")
     assert "looped memory L=3" in markdown and "92.5 ± 31.8" in markdown and "80.0 ± 0.0" in markdown
     out = tmp_path / "figures"
@@ -371,7 +371,7 @@ def test_claim_verdicts_on_known_cases():
     assert claim_4(cells).startswith("**weaker, not a failure**")
     cells["gradmem 1st-order K=1", 16] = Cell(5.0, 2.0, 3)
     assert claim_4(cells).startswith("**supported: first order at chance**")
-    steps = pd.DataFrame({"task.pairs": 8, "axis_trained": 1, "axis_value": [1, 2, 30],
+    steps = pd.DataFrame({"task.pairs": 8, "trained_setting": 1, "write_setting": [1, 2, 30],
                           "em_mean": [0.80, 0.70, 0.97], "em_ci": [0.02, 0.02, 0.01], "seeds": 3})
     assert claim_5(steps) == ("**supported** (K_train=1, 8 pairs): K=1 80.0 ± 2.0 -> K=30 97.0 ± 1.0; "
                               "K=1 -> 2: 80.0 ± 2.0 -> 70.0 ± 2.0")

@@ -11,6 +11,10 @@ over `--steps` steps after `--warmup`, the device synchronised after each:
 - host: trainer step minus the model step timed right before it (paired rounds), on a 1-layer,
   16-wide backbone on the same task shapes, so that compute cannot hide the host's share.
 
+Where the trainer builds batches ahead in worker processes (`harness.prefetch`; on CUDA), the
+trainer step is timed as training runs it, over consecutive steps with the workers on, and host
+is that minus the median model step: the batch time is then what the workers hide.
+
     python -m bench.step_cost --trainer                       # this machine's CPU, one thread
     python -m bench.step_cost --trainer --device cuda
 
@@ -71,7 +75,22 @@ def measure(spec, stage: int, device: str, steps: int, warmup: int) -> dict:
         if index >= warmup:
             rounds.append((batch, model, whole, whole - model))
     batch, model, whole, host = (statistics.median(column) for column in zip(*rounds))
-    return {"batch_ms": batch, "model_step_ms": model, "trainer_step_ms": whole, "host_ms": host}
+    result = {"batch_ms": batch, "model_step_ms": model, "trainer_step_ms": whole, "host_ms": host,
+              "prefetch_workers": trainer.batch_workers}
+    if trainer.batch_workers:   # training on this device builds batches ahead: the step as it runs
+        trainer.state.stage, trainer.state.stage_step = stage, 0
+        trainer.state.step = warmup + steps   # batches the rounds above did not draw
+        trainer._start_prefetch(stage_task)
+        sequence = []
+        for index in range(warmup + steps):
+            elapsed = _timed_ms(device, lambda: trainer.train_step(stage_task))
+            trainer.state.step += 1
+            if index >= warmup:
+                sequence.append(elapsed)
+        trainer._stop_prefetch()
+        result["trainer_step_ms"] = statistics.median(sequence)
+        result["host_ms"] = result["trainer_step_ms"] - model
+    return result
 
 
 def shapes(suite: str, scale: str, pairs: int, labels: list[str]) -> list:

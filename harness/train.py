@@ -12,7 +12,8 @@ scores still come from the best weights). A checkpoint after every evaluation le
 resume where it stopped (the one before it is kept: a last checkpoint that does not load falls
 back to it, then to a fresh start, with a warning naming the file); training batches are a
 function of (seed, step), so the resumed run sees the same data. Training losses stay on the
-device until an evaluation reads them back, once per interval; `deadline` stops a run before its
+device until an evaluation reads them back, once per interval (batches are built ahead by worker
+processes on CUDA, `harness.prefetch`); `deadline` stops a run before its
 next step (DeadlineReached) at its last checkpoint.
 """
 from __future__ import annotations
@@ -29,7 +30,7 @@ from tqdm.auto import tqdm
 
 from harness import store
 from harness.schema import EvalConfig, TrainConfig, stage_budget
-from harness.data import collate
+from harness.prefetch import BatchPrefetcher, step_batch
 from harness.evaluate import evaluate
 from harness.pipeline import training_loss
 
@@ -98,7 +99,8 @@ def _cpu_state(module: torch.nn.Module) -> dict:
 class Trainer:
     def __init__(self, method, task, train: TrainConfig, eval_config: EvalConfig, seed: int,
                  device, metrics_path: Path, checkpoint_dir: Path | None, label: str = "run",
-                 progress: bool = True, test_at_stage_end: bool = True, deadline: float | None = None):
+                 progress: bool = True, test_at_stage_end: bool = True, deadline: float | None = None,
+                 batch_workers: int | None = None):
         self.test_at_stage_end = test_at_stage_end
         self.deadline = deadline   # time.time() past which no step starts (DeadlineReached)
         self.method, self.base_task, self.config, self.eval_config = method, task, train, eval_config
@@ -106,6 +108,10 @@ class Trainer:
         self.metrics_path, self.checkpoint_dir = Path(metrics_path), checkpoint_dir
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = train.tf32
+        # processes building the coming steps' batches (harness.prefetch): on CUDA one, so the card
+        # does not wait for the host; none on a CPU, where they would take the training thread's cores
+        self.batch_workers = (1 if self.device.type == "cuda" else 0) if batch_workers is None else batch_workers
+        self._prefetch: BatchPrefetcher | None = None
         params = [p for p in method.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=train.lr, betas=tuple(train.betas),
                                            weight_decay=train.weight_decay)
@@ -200,13 +206,28 @@ class Trainer:
         return self.base_task.with_params(**self.stages[index]) if self.stages[index] else self.base_task
 
     def train_batch(self, task):
-        """The training batch of the current step: a function of (seed, step) alone."""
-        cfg = self.config
-        seed = self.seed * 1_000_003 + self.state.step
-        batch = task.train_batch(cfg.batch_size, seed, cfg.queries_per_context)
-        if batch is None:
-            batch = collate(task.examples("train", cfg.batch_size, seed=seed), task, cfg.queries_per_context)
+        """The training batch of the current step: a function of (seed, step) alone, built ahead by
+        the prefetching workers when there are any."""
+        cfg, step = self.config, self.state.step
+        if self._prefetch is not None:
+            batch = self._prefetch.batch(step)
+        else:
+            batch = step_batch(task, cfg.batch_size, self.seed, step, cfg.queries_per_context)
         return batch.to(self.device, non_blocking=True)
+
+    def _start_prefetch(self, task) -> None:
+        """Workers for the rest of the current stage's steps (none without `batch_workers`)."""
+        self._stop_prefetch()
+        if self.batch_workers:
+            cfg, s = self.config, self.state
+            last = min(cfg.steps, s.step + stage_budget(asdict(cfg), s.stage) - s.stage_step)
+            self._prefetch = BatchPrefetcher(task, cfg.batch_size, self.seed, cfg.queries_per_context,
+                                             s.step, last, self.batch_workers)
+
+    def _stop_prefetch(self) -> None:
+        if self._prefetch is not None:
+            self._prefetch.close()
+            self._prefetch = None
 
     def train_step(self, task) -> torch.Tensor:
         """One optimiser step on the step's batch; returns the READ loss as a 0-dim tensor on the
@@ -278,6 +299,12 @@ class Trainer:
 
     def run(self) -> dict:
         """Train through every stage; returns status, per-stage results, steps, seconds."""
+        try:
+            return self._run()
+        finally:
+            self._stop_prefetch()
+
+    def _run(self) -> dict:
         self.try_resume()
         cfg, s = self.config, self.state
         self.method.train()
@@ -290,6 +317,8 @@ class Trainer:
             threshold = cfg.target_em if last_stage else cfg.advance_em
             budget = stage_budget(asdict(cfg), s.stage)
             stage_over = s.step >= cfg.steps
+            if not stage_over:
+                self._start_prefetch(task)
             while not stage_over:
                 if self.deadline is not None and time.time() >= self.deadline:
                     bar.close()   # the last checkpoint (after the last evaluation) is the resume point

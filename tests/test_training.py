@@ -272,3 +272,25 @@ def test_a_tuned_run_trains_with_the_chosen_cell_and_records_the_grid(tmp_path):
 def test_bad_tuning_spec_is_rejected(bad):
     with pytest.raises(HarnessError):
         build(TrainConfig, {"tune": bad}, "train")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_prefetching_workers_train_on_the_same_batches_as_the_training_thread(tmp_path, workers):
+    """Batches built ahead in worker processes (harness.prefetch, on by default on CUDA): the same
+    steps, losses and weights as building each batch on the training thread, across two stages."""
+    task = make_task(format="compact", pairs=3, key_length=1, value_length=1, key_symbols=6, value_symbols=6)
+    config = build(TrainConfig, {"steps": 8, "stage_steps": 4, "batch_size": 4, "eval_every": 2, "eval_examples": 4,
+                                 "warmup_steps": 0, "lr": 1e-2, "advance_em": 1.1, "target_em": 1.1,
+                                 "curriculum": [{"pairs": 2}, {"pairs": 3}]}, "train")
+    results = []
+    for batch_workers in (0, workers):
+        method = make_method("gradmem", task, memory_size=2)
+        trainer = Trainer(method, task, config, build(EvalConfig, {"examples": 4, "generate": False}, "eval"), 0,
+                          "cpu", tmp_path / f"m{batch_workers}.jsonl", None, progress=False,
+                          batch_workers=batch_workers)
+        trainer.run()
+        losses = [record["loss"] for record in store.read_jsonl(tmp_path / f"m{batch_workers}.jsonl")]
+        results.append((losses, [p.detach().clone() for p in method.parameters()]))
+    (plain_losses, plain_weights), (ahead_losses, ahead_weights) = results
+    assert len(plain_losses) == 4 and plain_losses == ahead_losses
+    assert all(torch.equal(a, b) for a, b in zip(plain_weights, ahead_weights))

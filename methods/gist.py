@@ -1,5 +1,5 @@
-"""Gist tokens: a compressed KV-cache (Mu et al., "Learning to Compress Prompts with Gist
-Tokens", NeurIPS 2023; the same idea as AutoCompressors and ICAE).
+"""Gist tokens: a compressed KV-cache (Mu, Li, Goodman, "Learning to Compress Prompts with Gist
+Tokens", NeurIPS 2023, arXiv:2304.08467; the same idea as AutoCompressors and ICAE).
 
 WRITE runs the backbone over [C; G]: g learned gist embeddings placed right after each
 context's real tokens, attending causally to the context and to earlier gists. The memory is

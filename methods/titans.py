@@ -1,6 +1,6 @@
 """Titans-style neural memory: an MLP whose weights are written at test time by gradient
 descent with momentum and forgetting (Behrouz, Zhong, Mirrokni, "Titans: Learning to Memorize
-at Test Time", 2024), read as context ("memory as context", MAC).
+at Test Time", arXiv:2501.00663, 2024), read as context ("memory as context", MAC).
 
 WRITE. One backbone pass over the context gives hidden states h_t; keys k_t = norm(W_K h_t) and
 values v_t = W_V h_t (width `memory_width`). The memory is an MLP M_W, one per context, started

@@ -330,6 +330,28 @@ def tuning_markdown(frame: pd.DataFrame | str | Path, suite: str, scale: str) ->
             "—: no score (the cell failed or diverged).\n")
 
 
+def cost_markdown(frame: pd.DataFrame, scale: str) -> str:
+    """What each method cost to train at one scale: per label, the seeds, the training time of a
+    run (minutes, mean ± 95% interval over seeds; tuning not counted), its optimiser steps (mean)
+    and the time per step (ms), from the runs' summaries."""
+    runs = frame[frame["scale"] == scale].drop_duplicates("run_id") if not frame.empty else frame
+    if runs.empty or "train_seconds" not in runs:
+        return f"_no runs at scale {scale}_\n"
+    runs = runs.dropna(subset=["train_seconds"]).assign(label=lambda r: labels(r), minutes=lambda r: r["train_seconds"] / 60)
+    rows = []
+    for label, group in runs.groupby("label", sort=True):
+        minutes, steps = group["minutes"], group["train_steps"]
+        spread = interval(minutes.std(), len(minutes))
+        rows.append({"method": label, "seeds": str(group["seed"].nunique()),
+                     "minutes per run": f"{minutes.mean():.1f}" + ("" if math.isnan(spread) else f" ± {spread:.1f}"),
+                     "steps per run": f"{steps.mean():,.0f}",
+                     "ms per step": f"{1000 * group['train_seconds'].sum() / steps.sum():.0f}"})
+    return (pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
+            + "\n\nTraining time of one run (its tuning not counted) on the machine that ran it (`versions` "
+            "in each summary), mean ± 95% interval over seeds; runs end stages early at 100% validation "
+            "(or by patience), so fewer steps can mean a faster learner.\n")
+
+
 def backbone_label(frame: pd.DataFrame) -> pd.Series:
     """'llama 2x64', 'mamba 2x64', 'gpt2' (a pretrained backbone's name): the model each row ran on."""
     def one(row) -> str:

@@ -21,7 +21,7 @@ from harness import store
 from harness.errors import HarnessError
 from plots import of_suites
 from plots.claims import claims_markdown
-from harness.report import (memsize_markdown, steps_markdown, table1_beside_paper_markdown, table1_markdown,
+from harness.report import (cost_markdown, memsize_markdown, steps_markdown, table1_beside_paper_markdown, table1_markdown,
                             table2_markdown, tuning_markdown)
 
 BLOCKS = {
@@ -33,6 +33,7 @@ BLOCKS = {
     "memsize": (lambda f, scale: memsize_markdown(of_suites(f, "capacity", "memsize"), scale),
                 "SCALE"),                           # capacity + memsize suites, per memory size
     "tuning": (tuning_markdown, "SUITE SCALE"),     # tuning grid of a suite
+    "costs": (lambda f, suite, scale: cost_markdown(of_suites(f, suite), scale), "SUITE SCALE"),  # time to train
     "claims": (claims_markdown, "SCALE..."),        # the paper's claims, a verdict per scale
 }
 BLOCK = re.compile(r"^<!-- generated: (?P<spec>[^>]*?) -->\n(?P<body>.*?)^<!-- end generated -->$",

@@ -14,7 +14,7 @@ from harness.describe import describe_spec
 from migrations.describe_summaries import describe_summaries
 from harness.errors import HarnessError
 from harness.paper import paper_fig4a_markdown, paper_table1
-from harness.report import (COLLAPSE_NOTE, bound_violations, capacity, memsize_markdown,
+from harness.report import (COLLAPSE_NOTE, bound_violations, capacity, cost_markdown, memsize_markdown,
                             steps_markdown, table1_beside_paper_markdown, table1_markdown, table2_markdown,
                             tuning_markdown, OLD_RECIPE_MARK, OLD_RECIPE_NOTE, SUPERSEDED_MARK)
 from plots.__main__ import main as plots_main
@@ -383,3 +383,14 @@ def test_the_claims_block_renders_every_claim_for_every_scale(tmp_path):
     markdown = refresh("<!-- generated: claims cpu chars -->\n<!-- end generated -->\n", frame)
     assert markdown.count("\n| ") == 6 and "cpu scale" in markdown and "chars scale" in markdown
     assert "no capacity results" in markdown and "**supported** at 96 pairs" in markdown
+
+
+def test_costs_table_gives_minutes_per_run_with_an_interval_and_ms_per_step(tmp_path):
+    for seed, (seconds, steps) in enumerate([(60.0, 100), (120.0, 200), (180.0, 300)]):
+        summary = write_summary(tmp_path, {"name": "gradmem", "write_steps": 1}, seed, [(2, {"1": 1.0}, False)])
+        store.write_json(tmp_path / "capacity" / summary["run_id"] / "summary.json",
+                         {**summary, "train_seconds": seconds, "steps": steps})
+    row = next(line for line in cost_markdown(store.load(tmp_path), "cpu").splitlines() if line.startswith("| gradmem"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1:] == ["3", "2.0 ± 2.5", "200", "600"]   # t(0.975, 2) * 1 / sqrt(3) = 2.48
+    assert cost_markdown(store.load(tmp_path), "gpu").startswith("_no runs")

@@ -104,7 +104,20 @@ def capacity_frame(frame: pd.DataFrame) -> pd.DataFrame:
     frame = at_trained_setting(frame.dropna(subset=["task.pairs"]))
     if frame.empty:
         return frame
-    return summarise(frame.assign(label=labels(frame)), ["scale", "label", "task.pairs"])
+    return summarise(frame.assign(label=sized_labels(frame)), ["scale", "label", "task.pairs"])
+
+
+def sized_labels(frame: pd.DataFrame) -> pd.Series:
+    """`labels`, with ', N floats' added where one label ran at several memory sizes on the same
+    scale and task (gist + recon with 1, 2 and 8 gist tokens: three rows, not one)."""
+    names = labels(frame)
+    if "memory_floats" not in frame or frame.empty:
+        return names
+    cell = [c for c in ("scale", "task.pairs", "task.qa") if c in frame]
+    sizes = frame.assign(name=names).groupby(["name", *cell], dropna=False)["memory_floats"].transform("nunique")
+    several = set(names[sizes > 1])
+    return pd.Series([f"{n}, {int(f):,} floats" if n in several and not _missing(f) else n
+                      for n, f in zip(names, frame["memory_floats"])], index=frame.index)
 
 
 def _largest(pairs: pd.Series, passed: pd.Series) -> int:

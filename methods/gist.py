@@ -81,7 +81,7 @@ class Gist(Method):
 
     @classmethod
     def display_label(cls, config) -> str:
-        return f"{cls.name} g={config.memory_size}{reconstruction_suffix(config)}"
+        return cls.name + reconstruction_suffix(config)   # tables add the size where sizes differ
 
     def write(self, context_ids, context_mask, write_setting=None) -> Memory:
         lengths = context_mask.sum(1)

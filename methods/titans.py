@@ -106,8 +106,8 @@ class Titans(Method):
 
     @classmethod
     def display_label(cls, config) -> str:
-        shape = f"{config.memory_width}" + (f"x{config.memory_hidden}" if config.memory_hidden else "")
-        return f"{cls.name} {shape}"
+        """'titans' (linear memory) or 'titans mlp'; tables add ', N floats' where sizes differ."""
+        return cls.name + (" mlp" if config.memory_hidden else "")
 
     def memory_floats(self) -> int:
         return sum(p.numel() for p in self.initial_weights)

@@ -394,3 +394,15 @@ def test_costs_table_gives_minutes_per_run_with_an_interval_and_ms_per_step(tmp_
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1:] == ["3", "2.0 ± 2.5", "200", "600"]   # t(0.975, 2) * 1 / sqrt(3) = 2.48
     assert cost_markdown(store.load(tmp_path), "gpu").startswith("_no runs")
+
+
+def test_one_label_at_several_memory_sizes_gets_a_row_per_size(tmp_path):
+    """gist + recon with 1 and 2 gist tokens (one label) are two rows of the capacity table, each
+    named by its floats; a label at one size keeps its name."""
+    for g, em in ((1, 0.5), (2, 0.75)):
+        write_summary(tmp_path, {"name": "gist", "memory_size": g, "reconstruction_weight": 1.0}, 0,
+                      [(2, {"default": em}, False)], floats=256 * g)
+    write_summary(tmp_path, {"name": "full_context"}, 0, [(2, {"default": 1.0}, False)], floats=1024)
+    rows = [line for line in table1_markdown(store.load(tmp_path), "cpu").splitlines() if line.startswith("| ")][1:]
+    names = [row.split("|")[1].strip() for row in rows]
+    assert names == ["full_context", "gist + recon, 256 floats", "gist + recon, 512 floats"]

@@ -80,8 +80,9 @@ def main(argv: list[str]) -> None:
     method.load_state_dict(state["method"] if "method" in state else state)
     method.eval()
     rng = random.Random(0)
-    examples = task.examples("test", 2 * contexts, seed=1)
-    originals, others = examples[:contexts], examples[contexts:]
+    examples = [e for e in task.examples("test", 3 * contexts, seed=1)   # two values to swap
+                if len({v for _, v in pairs_of(task, e.context)}) > 1]
+    originals, others = examples[:contexts], examples[contexts:2 * contexts]
     swaps, moved = zip(*[swapped(task, e, rng) for e in originals])
     # per query of the swapped contexts, in collate's order: does it ask one of the two swapped keys?
     asks_swapped = [query_key(task, q) in keys for e, keys in zip(swaps, moved) for q in e.queries]

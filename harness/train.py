@@ -5,16 +5,16 @@ exact match reaches `advance_em` (the last stage: `target_em`), when `patience` 
 without improvement, or when its step budget `stage_steps` runs out (one number, or one per
 stage; the same budgets for every method of a suite); the best weights of the stage are kept,
 evaluated on the test split, and the next stage starts from them (as the paper's runs for more
-pairs start from the checkpoint of fewer); the first `warmup_stages` stages are not scored. A stage collapses when its validation exact match
-falls more than `collapse_drop` below the stage's best, or when the training loss rises above
-the task's chance level after having been below it; the run is then recorded `collapsed` (its
-scores still come from the best weights). A checkpoint after every evaluation lets a killed run
-resume where it stopped (the one before it is kept: a last checkpoint that does not load falls
-back to it, then to a fresh start, with a warning naming the file); training batches are a
-function of (seed, step), so the resumed run sees the same data. Training losses stay on the
-device until an evaluation reads them back, once per interval (batches are built ahead by worker
-processes on CUDA, `harness.prefetch`); `deadline` stops a run before its
-next step (DeadlineReached) at its last checkpoint.
+pairs start from the checkpoint of fewer); the first `warmup_stages` stages are not scored. A
+stage collapses when its validation exact match falls more than `collapse_drop` below the
+stage's best, or when the training loss rises above the task's chance level after having been
+below it; the run is then recorded `collapsed` (its scores still come from the best weights). A
+checkpoint after every evaluation lets a killed run resume where it stopped (the one before it
+is kept: a last checkpoint that does not load falls back to it, then to a fresh start, with a
+warning naming the file); training batches are a function of (seed, step), so the resumed run
+sees the same data. Training losses stay on the device until an evaluation reads them back, once
+per interval (batches are built ahead by worker processes on CUDA, `harness.prefetch`);
+`deadline` stops a run before its next step (DeadlineReached) at its last checkpoint.
 """
 from __future__ import annotations
 

@@ -406,3 +406,14 @@ def test_one_label_at_several_memory_sizes_gets_a_row_per_size(tmp_path):
     rows = [line for line in table1_markdown(store.load(tmp_path), "cpu").splitlines() if line.startswith("| ")][1:]
     names = [row.split("|")[1].strip() for row in rows]
     assert names == ["full_context", "gist + recon, 256 floats", "gist + recon, 512 floats"]
+
+
+def test_the_headline_keeps_the_rows_with_every_seed(tmp_path):
+    from plots.readme import render
+    for seed in range(3):
+        write_summary(tmp_path, {"name": "full_context"}, seed, [(2, {"default": 1.0}, False)])
+    write_summary(tmp_path, {"name": "query_only"}, 0, [(2, {"default": 0.0}, False)])
+    frame = store.load(tmp_path)
+    assert "query_only" in render("table1 cpu", frame) and "full_context" in render("table1 cpu", frame)
+    headline = render("table1_complete cpu", frame)
+    assert "full_context" in headline and "query_only" not in headline

@@ -80,7 +80,7 @@ def measure(spec, stage: int, device: str, steps: int, warmup: int) -> dict:
     if trainer.batch_workers:   # training on this device builds batches ahead: the step as it runs
         trainer.state.stage, trainer.state.stage_step = stage, 0
         trainer.state.step = warmup + steps   # batches the rounds above did not draw
-        trainer._start_prefetch(stage_task)
+        trainer._start_prefetch(stage_task, trainer.config.steps)
         sequence = []
         for index in range(warmup + steps):
             elapsed = _timed_ms(device, lambda: trainer.train_step(stage_task))

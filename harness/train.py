@@ -215,12 +215,13 @@ class Trainer:
             batch = step_batch(task, cfg.batch_size, self.seed, step, cfg.queries_per_context)
         return batch.to(self.device, non_blocking=True)
 
-    def _start_prefetch(self, task) -> None:
-        """Workers for the rest of the current stage's steps (none without `batch_workers`)."""
+    def _start_prefetch(self, task, budget: int) -> None:
+        """Workers for the rest of the current stage's steps, `budget` in all (none without
+        `batch_workers`)."""
         self._stop_prefetch()
         if self.batch_workers:
             cfg, s = self.config, self.state
-            last = min(cfg.steps, s.step + stage_budget(asdict(cfg), s.stage) - s.stage_step)
+            last = min(cfg.steps, s.step + budget - s.stage_step)
             self._prefetch = BatchPrefetcher(task, cfg.batch_size, self.seed, cfg.queries_per_context,
                                              s.step, last, self.batch_workers)
 
@@ -318,7 +319,7 @@ class Trainer:
             budget = stage_budget(asdict(cfg), s.stage)
             stage_over = s.step >= cfg.steps
             if not stage_over:
-                self._start_prefetch(task)
+                self._start_prefetch(task, budget)
             while not stage_over:
                 if self.deadline is not None and time.time() >= self.deadline:
                     bar.close()   # the last checkpoint (after the last evaluation) is the resume point

@@ -41,6 +41,19 @@ def reconstruction_suffix(config) -> str:
     return " + recon" if getattr(config, "reconstruction_weight", 0) > 0 else ""
 
 
+def with_reconstruction(method: Method, memory: Memory, context_ids: torch.Tensor,
+                        context_mask: torch.Tensor) -> Memory:
+    """In training with `reconstruction_weight` > 0, attach that times the reconstruction loss as
+    the memory's training-only `aux_loss` (the official RMT code's reconstruction loss: the context
+    read back from the memory by `method.read`, next-token cross-entropy over its real tokens, per
+    example then over the batch). The write itself is unchanged."""
+    weight = getattr(method.config, "reconstruction_weight", 0.0)
+    if not (method.training and weight > 0):
+        return memory
+    loss = sequence_loss(method.read(memory, context_ids, context_mask), context_ids, context_mask)
+    return dataclasses.replace(memory, aux_loss=weight * loss)
+
+
 def write_slot_sequence(memory_inputs: torch.Tensor, context_embeddings: torch.Tensor,
                         lengths: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """[M; C; M] per example with the trailing slots right after the real context tokens.
@@ -95,15 +108,7 @@ class PrefixMemoryMethod(Method):
         return cls.name + reconstruction_suffix(config)
 
     def with_reconstruction(self, memory: Memory, context_ids: torch.Tensor, context_mask: torch.Tensor) -> Memory:
-        """In training with `reconstruction_weight` > 0, attach that times the reconstruction loss
-        as the memory's training-only `aux_loss` (the official RMT code's reconstruction loss:
-        the context read back from the memory, next-token cross-entropy over its real tokens,
-        per example then over the batch). The write itself is unchanged."""
-        weight = getattr(self.config, "reconstruction_weight", 0.0)
-        if not (self.training and weight > 0):
-            return memory
-        loss = sequence_loss(self.read(memory, context_ids, context_mask), context_ids, context_mask)
-        return dataclasses.replace(memory, aux_loss=weight * loss)
+        return with_reconstruction(self, memory, context_ids, context_mask)
 
     def read(self, memory: Memory, read_ids: torch.Tensor, read_mask: torch.Tensor) -> torch.Tensor:
         return self.backbone.lm_head(self.prefix_hidden(memory.state, read_ids))

@@ -29,8 +29,8 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from harness.api import HarnessError, Memory, Method, non_negative, register_method, sequence_loss
-from methods._prefix import reconstruction_suffix
+from harness.api import HarnessError, Memory, Method, non_negative, register_method
+from methods._prefix import reconstruction_suffix, with_reconstruction
 
 
 @dataclass
@@ -97,11 +97,7 @@ class Gist(Method):
                  "next_logits": self.backbone.lm_head(last)}
         floats = sum(k.shape[1] * k.shape[3] + v.shape[1] * v.shape[3] for k, v in zip(keys, values))
         memory = Memory(state=state, floats=int(floats * self.config.memory_size))
-        weight = self.config.reconstruction_weight
-        if self.training and weight > 0:   # the context read back from the gists alone
-            memory.aux_loss = weight * sequence_loss(self.read(memory, context_ids, context_mask),
-                                                     context_ids, context_mask)
-        return memory
+        return with_reconstruction(self, memory, context_ids, context_mask)   # read back from the gists alone
 
     def read(self, memory, read_ids, read_mask):
         state = memory.state

@@ -4,7 +4,11 @@
 """
 
 
-def of_suites(frame, *suites: str):
-    """The rows of some suites: the report's table functions take runs already chosen (they
-    know no suite by name); the figures, tables and README blocks choose them here."""
-    return frame[frame["suite"].isin(suites)] if not frame.empty else frame
+def of_suites(frame, *suites: str, scale: str | None = None):
+    """The rows of some suites (at one scale, if given): the report's table functions take runs
+    already chosen (they know no suite by name); the figures, tables and README blocks choose
+    them here."""
+    if frame.empty:
+        return frame
+    chosen = frame["suite"].isin(suites)
+    return frame[chosen & (frame["scale"] == scale)] if scale is not None else frame[chosen]

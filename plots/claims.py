@@ -13,6 +13,7 @@ import pandas as pd
 
 from harness.paper import paper_fig4a, paper_table1
 from harness.report import capacity_frame, summarise, labels
+from plots import of_suites
 
 CLAIMS = (
     "1. Same memory: one gradient step (GradMem K=1) holds more than a forward write (RMT x1)",
@@ -140,10 +141,10 @@ def claim_5(steps: pd.DataFrame) -> str:
 
 
 def scale_verdicts(frame: pd.DataFrame, scale: str) -> list[str]:
-    capacity = frame[(frame["suite"] == "capacity") & (frame["scale"] == scale)] if not frame.empty else frame
+    capacity = of_suites(frame, "capacity", scale=scale)
     table = capacity_frame(capacity) if not capacity.empty else capacity
     cells = _cells(table) if not table.empty else {}
-    steps = frame[(frame["suite"] == "steps") & (frame["scale"] == scale)] if not frame.empty else frame
+    steps = of_suites(frame, "steps", scale=scale)
     if not steps.empty and "write_setting" in steps:
         steps = steps.dropna(subset=["write_setting"])
         steps = summarise(steps.assign(label=labels(steps), write_setting=pd.to_numeric(steps["write_setting"]),

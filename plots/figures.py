@@ -15,6 +15,7 @@ import seaborn as sns  # noqa: E402
 
 from harness.paper import paper_fig4a, paper_table1  # noqa: E402
 from harness.report import bound_of, capacity, capacity_frame, labels, summarise  # noqa: E402
+from plots import of_suites  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def _rows(frame: pd.DataFrame, suites: list[str], scale: str) -> pd.DataFrame:
     """The rows of some suites at one scale, each with its method's display label."""
     if frame.empty:
         return frame
-    subset = frame[frame["suite"].isin(suites) & (frame["scale"] == scale)]
+    subset = of_suites(frame, *suites, scale=scale)
     return subset.assign(label=labels(subset)) if not subset.empty else subset
 
 
@@ -91,7 +92,7 @@ def exact_match_vs_pairs(frame: pd.DataFrame, scale: str, out: Path) -> Path | N
     """Figure 3 as small multiples: exact match versus pairs, one panel per method family (at most
     6 lines a panel), the bounds (`Method.bound`) drawn in every panel; each line the mean with its
     95% interval over seeds (Student t) as a band, every seed a dot."""
-    runs = frame[frame["suite"] == "capacity"] if not frame.empty else frame
+    runs = of_suites(frame, "capacity")
     table = capacity_frame(runs) if not runs.empty else runs
     table = table[table["scale"] == scale] if not table.empty else table
     if table.empty:
